@@ -1,0 +1,219 @@
+//! Configuration: defaults, then an optional TOML file, then environment variables.
+//!
+//! Conventional names (`HOST`, `PORT`, `DATABASE_URL`, `LOG_FORMAT`) are read as they are;
+//! every setting can also be given as `KEEL_<NAME>` (for example `KEEL_BODY_LIMIT`).
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables read without the `KEEL_` prefix.
+const CONVENTIONAL_ENV: [&str; 4] = ["host", "port", "database_url", "log_format"];
+
+/// `KEEL_*` variables that are not settings of the server (the CLI and the test suite read them).
+const NOT_SETTINGS: [&str; 3] = ["config", "require_services", "test_database_url"];
+
+/// Output format of the log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Everything keel can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    pub port: u16,
+    /// `sqlite://...` or `postgres://...`; defaults to a SQLite file under `data_dir`.
+    #[serde(skip_serializing)]
+    pub database_url: Option<SecretString>,
+    /// Directory for the embedded database and other local state.
+    pub data_dir: PathBuf,
+    /// Directory whose files are served under `/static/`.
+    pub static_dir: PathBuf,
+    /// Maximum connections in the database pool.
+    pub database_max_connections: u32,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// Time a request may take before it is answered with 408, in seconds.
+    pub request_timeout_secs: u64,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT, in seconds.
+    pub shutdown_timeout_secs: u64,
+    /// Time to keep serving after SIGTERM with `/readyz` failing, so a load balancer
+    /// stops sending requests before the listener closes, in seconds.
+    pub shutdown_drain_secs: u64,
+    /// How long an `Idempotency-Key` is remembered, in seconds.
+    pub idempotency_ttl_secs: u64,
+    /// Threads of the CPU pool for compute endpoints (0: one per core).
+    pub compute_threads: usize,
+    /// Compute jobs that may wait for a thread before new ones get 503.
+    pub compute_queue: usize,
+    /// Origins allowed by CORS (a list, or one comma-separated string); empty means CORS is off.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 3000,
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            static_dir: PathBuf::from("static"),
+            database_max_connections: 16,
+            log_format: LogFormat::Text,
+            body_limit: 256 * 1024,
+            request_timeout_secs: 30,
+            shutdown_timeout_secs: 20,
+            shutdown_drain_secs: 0,
+            idempotency_ttl_secs: 24 * 60 * 60,
+            compute_threads: 0,
+            compute_queue: 32,
+            cors_allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then `file` (when given, it must exist), then the environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment
+            .merge(Env::raw().only(&CONVENTIONAL_ENV))
+            .merge(Env::prefixed("KEEL_").ignore(&NOT_SETTINGS));
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |name: &str, why: &str| Err(ConfigError(format!("{name}: {why}")));
+        if let Some(url) = &self.database_url {
+            let url = url.expose_secret();
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return bad(
+                    "DATABASE_URL",
+                    "must start with sqlite:, postgres:// or postgresql://",
+                );
+            }
+        }
+        if self.database_max_connections == 0 {
+            return bad("KEEL_DATABASE_MAX_CONNECTIONS", "must be at least 1");
+        }
+        if self.body_limit == 0 {
+            return bad("KEEL_BODY_LIMIT", "must be at least 1 byte");
+        }
+        if self.request_timeout_secs == 0 {
+            return bad("KEEL_REQUEST_TIMEOUT_SECS", "must be at least 1");
+        }
+        if self.idempotency_ttl_secs == 0 {
+            return bad("KEEL_IDEMPOTENCY_TTL_SECS", "must be at least 1");
+        }
+        for origin in &self.cors_allowed_origins {
+            if http::HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
+                return bad(
+                    "KEEL_CORS_ALLOWED_ORIGINS",
+                    &format!("{origin:?} is not an origin such as https://app.example.com"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The shutdown grace period as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// Threads of the CPU pool: as configured, or one per core.
+    pub fn compute_threads(&self) -> usize {
+        match self.compute_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
+    /// The idempotency-key lifetime as a duration.
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_secs(self.idempotency_ttl_secs)
+    }
+}
+
+/// Turns a figment error into one line that names the setting as the user would write it.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let setting = e
+                .path
+                .first()
+                .map(|key| {
+                    if CONVENTIONAL_ENV.contains(&key.as_str()) {
+                        key.to_uppercase()
+                    } else {
+                        format!("KEEL_{}", key.to_uppercase())
+                    }
+                })
+                .unwrap_or_else(|| "configuration".to_owned());
+            format!("{setting}: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Accepts `["a", "b"]` (TOML) as well as `a,b` (an environment variable).
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(deserializer)? {
+        ListOrCsv::List(list) => list,
+        ListOrCsv::Csv(csv) => csv
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}

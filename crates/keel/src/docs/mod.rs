@@ -1,0 +1,190 @@
+//! API documentation: the OpenAPI 3.1 document generated from the code, and an interactive
+//! Swagger UI page whose assets are served by keel itself (no CDN).
+
+use axum::{
+    Router,
+    body::Bytes,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use http::{HeaderValue, header};
+use utoipa::{
+    OpenApi,
+    openapi::{
+        self, ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder,
+        path::{Operation, ParameterIn},
+        schema::{Schema, SchemaType, Type},
+    },
+};
+
+use crate::{
+    error::{FieldError, InputLocation, PROBLEM_JSON, Problem},
+    users::UserPage,
+};
+
+/// The policy of the docs page: only keel's own scripts, styles and the document itself;
+/// Swagger UI's icons are `data:` images.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+/// The root of the generated document; routes add their paths to it.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keel",
+        description = "A production backend service. Every error is an RFC 9457 problem \
+            document (`application/problem+json`) carrying the request id; validation errors \
+            list every failing input with a JSON pointer, a code and a message.",
+    ),
+    tags(
+        (name = "users", description = "The users resource"),
+        (name = "compute", description = "CPU-bound work on a bounded thread pool"),
+        (name = "health", description = "Liveness and readiness probes"),
+    ),
+    components(schemas(Problem, FieldError, InputLocation, UserPage))
+)]
+pub struct ApiDoc;
+
+/// Finishes the generated document: header parameters are never `null`, and every operation
+/// lists the answers any operation can give (500, 408, and for those with a body 400, 413
+/// and 415) so that every documented operation lists every error it may return.
+pub fn complete(document: &mut Document) {
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                PROBLEM_JSON,
+                ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(openapi::Ref::from_schema_name("Problem"))))
+                    .build(),
+            )
+            .build()
+    };
+    for item in document.paths.paths.values_mut() {
+        let operations: [&mut Option<Operation>; 5] = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            non_nullable_headers(operation);
+            let has_body = operation.request_body.is_some();
+            let responses = &mut operation.responses.responses;
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| RefOr::T(problem(description)));
+            };
+            add("408", "The request took longer than the configured timeout");
+            add(
+                "500",
+                "Internal error; the body carries the request id to quote",
+            );
+            if has_body {
+                add("400", "The body is not well-formed JSON");
+                add("413", "The body is larger than the configured limit");
+                add("415", "The body is not sent as application/json");
+            }
+        }
+    }
+}
+
+/// A header is absent or a string, never `null`; utoipa marks every optional non-query
+/// parameter nullable, which would invite clients (and fuzzers) to send the text `null`.
+fn non_nullable_headers(operation: &mut Operation) {
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if parameter.parameter_in != ParameterIn::Header {
+            continue;
+        }
+        if let Some(RefOr::T(Schema::Object(object))) = &mut parameter.schema {
+            if let SchemaType::Array(types) = &object.schema_type {
+                let types: Vec<Type> = types
+                    .iter()
+                    .filter(|t| **t != Type::Null)
+                    .cloned()
+                    .collect();
+                if let [only] = types.as_slice() {
+                    object.schema_type = SchemaType::Type(only.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Routes serving the document and the docs page.
+pub fn router(document: &Document) -> Router {
+    let json: Bytes = serde_json::to_vec(document).unwrap_or_default().into();
+    Router::new()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let json = json.clone();
+                async move { asset("application/json", json) }
+            }),
+        )
+        .route(
+            "/docs",
+            get(|| async { page(include_bytes!("../../assets/docs/index.html")) }),
+        )
+        .route(
+            "/docs/swagger-initializer.js",
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    Bytes::from_static(include_bytes!("../../assets/docs/swagger-initializer.js")),
+                )
+            }),
+        )
+        .route(
+            "/docs/swagger-ui-bundle.js",
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    Bytes::from_static(include_bytes!(
+                        "../../assets/swagger-ui/swagger-ui-bundle.js"
+                    )),
+                )
+            }),
+        )
+        .route(
+            "/docs/swagger-ui.css",
+            get(|| async {
+                asset(
+                    "text/css; charset=utf-8",
+                    Bytes::from_static(include_bytes!("../../assets/swagger-ui/swagger-ui.css")),
+                )
+            }),
+        )
+        .route(
+            "/docs/favicon-32x32.png",
+            get(|| async {
+                asset(
+                    "image/png",
+                    Bytes::from_static(include_bytes!("../../assets/swagger-ui/favicon-32x32.png")),
+                )
+            }),
+        )
+}
+
+fn page(html: &'static [u8]) -> Response {
+    let mut response = asset("text/html; charset=utf-8", Bytes::from_static(html));
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DOCS_CSP),
+    );
+    response
+}
+
+fn asset(content_type: &'static str, body: Bytes) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}

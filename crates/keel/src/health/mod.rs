@@ -1,0 +1,131 @@
+//! Liveness and readiness probes for orchestrators and load balancers.
+
+use std::time::Duration;
+
+use axum::{Json, extract::State, response::IntoResponse, response::Response};
+use http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    error::{ApiError, Problem},
+    server::AppState,
+};
+
+/// Time each readiness check gets.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(livez))
+        .routes(routes!(readyz))
+}
+
+/// Liveness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Live {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Is the process up? Answers without touching any dependency.
+#[utoipa::path(get, path = "/livez", tag = "health",
+    responses((status = 200, description = "The process is up", body = Live)))]
+async fn livez() -> Json<Live> {
+    Json(Live { status: "ok" })
+}
+
+/// One readiness check.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Check {
+    /// Name of the dependency checked.
+    #[schema(example = "database")]
+    pub name: &'static str,
+    /// `ok` or `failing`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// Why it fails, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// Each check.
+    pub checks: Vec<Check>,
+}
+
+/// Can this instance take traffic? Checks the database is reachable and migrated;
+/// answers 503 as soon as shutdown begins, so a load balancer drains it first.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Not ready: shutting down, or a dependency is failing (the detail says which)", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_draining() {
+        return not_ready("shutting down".to_owned());
+    }
+    let (database, migrations) = tokio::join!(
+        check("database", state.db.ping()),
+        check("migrations", async {
+            match state.db.is_migrated().await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("pending migrations; run `keel migrate`".to_owned()),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+    );
+    let checks = vec![database, migrations];
+    let failing: Vec<String> = checks
+        .iter()
+        .filter_map(|c| c.reason.as_ref().map(|r| format!("{}: {r}", c.name)))
+        .collect();
+    if !failing.is_empty() {
+        tracing::warn!(reasons = %failing.join("; "), "not ready");
+        return not_ready(
+            checks
+                .iter()
+                .filter(|c| c.reason.is_some())
+                .map(|c| format!("{} check failing", c.name))
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+    }
+    Json(Ready {
+        status: "ok",
+        checks,
+    })
+    .into_response()
+}
+
+async fn check<E: ToString>(
+    name: &'static str,
+    probe: impl Future<Output = Result<(), E>>,
+) -> Check {
+    let reason = match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+    };
+    Check {
+        name,
+        status: if reason.is_none() { "ok" } else { "failing" },
+        reason,
+    }
+}
+
+fn not_ready(detail: String) -> Response {
+    ApiError::Http {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        detail,
+    }
+    .into_response()
+}

@@ -1,0 +1,278 @@
+//! Extractors that validate input and report every failure as a [`FieldError`].
+//!
+//! A JSON body goes through three gates, each with its own status: the media type (415),
+//! the syntax (400), then the domain rules of the target type (422, listing every failing
+//! field at once, including unknown and missing ones).
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request, rejection::BytesRejection},
+};
+use http::{StatusCode, header, request::Parts};
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, FieldError, InputLocation};
+
+/// Why one input is invalid: a stable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Machine-readable reason.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub detail: String,
+}
+
+impl Invalid {
+    /// An invalid input with `code` and `detail`.
+    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A type built from a JSON document with every failure reported.
+pub trait FromJson: Sized {
+    /// Builds the value, or lists every failing field.
+    fn from_json(value: Value) -> Result<Self, Vec<FieldError>>;
+}
+
+/// A JSON request body validated into `T`.
+#[derive(Debug)]
+pub struct ValidJson<T>(pub T);
+
+impl<S: Send + Sync, T: FromJson> FromRequest<S> for ValidJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType("application/json"));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(body_error)?;
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        T::from_json(value)
+            .map(ValidJson)
+            .map_err(ApiError::Validation)
+    }
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::Http {
+            status,
+            detail: "the request body is larger than the configured limit".to_owned(),
+        }
+    } else {
+        ApiError::Http {
+            status: StatusCode::BAD_REQUEST,
+            detail: "the request body could not be read".to_owned(),
+        }
+    }
+}
+
+/// `application/json` or any `application/*+json` (such as `merge-patch+json`).
+fn is_json(headers: &http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Reads the fields of a JSON object one by one, collecting every failure.
+pub struct ObjectReader {
+    fields: Map<String, Value>,
+    known: &'static [&'static str],
+    errors: Vec<FieldError>,
+}
+
+impl ObjectReader {
+    /// Starts reading `value`, which must be an object whose keys are all in `known`.
+    pub fn new(value: Value, known: &'static [&'static str]) -> Result<Self, Vec<FieldError>> {
+        match value {
+            Value::Object(fields) => Ok(Self {
+                fields,
+                known,
+                errors: Vec::new(),
+            }),
+            other => Err(vec![body_error_at(
+                "",
+                Invalid::new(
+                    "type",
+                    format!("must be a JSON object, not {}", kind_of(&other)),
+                ),
+            )]),
+        }
+    }
+
+    /// A field that must be present and not null.
+    pub fn required<T>(
+        &mut self,
+        field: &'static str,
+        parse: impl FnOnce(Value) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        match self.fields.remove(field) {
+            None => {
+                self.fail(field, Invalid::new("missing", "this field is required"));
+                None
+            }
+            Some(value) => self.parse(field, value, parse),
+        }
+    }
+
+    /// A field that may be absent, but not null.
+    pub fn optional<T>(
+        &mut self,
+        field: &'static str,
+        parse: impl FnOnce(Value) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        let value = self.fields.remove(field)?;
+        self.parse(field, value, parse)
+    }
+
+    fn parse<T>(
+        &mut self,
+        field: &'static str,
+        value: Value,
+        parse: impl FnOnce(Value) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        if value.is_null() {
+            self.fail(field, Invalid::new("null", "must not be null"));
+            return None;
+        }
+        parse(value)
+            .map_err(|invalid| self.fail(field, invalid))
+            .ok()
+    }
+
+    fn fail(&mut self, field: &str, invalid: Invalid) {
+        self.errors
+            .push(body_error_at(&format!("/{}", escape(field)), invalid));
+    }
+
+    /// Ends reading: unknown fields are errors too. Returns every error found.
+    pub fn finish(mut self) -> Result<(), Vec<FieldError>> {
+        let known = self.known;
+        let unknown: Vec<String> = self
+            .fields
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for key in unknown {
+            self.fail(
+                &key,
+                Invalid::new(
+                    "unknown_field",
+                    format!("unknown field; expected one of: {}", known.join(", ")),
+                ),
+            );
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+/// A JSON string, or the error every string field reports.
+pub fn string(value: Value) -> Result<String, Invalid> {
+    match value {
+        Value::String(s) => Ok(s),
+        other => Err(Invalid::new(
+            "type",
+            format!("must be a string, not {}", kind_of(&other)),
+        )),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn body_error_at(pointer: &str, invalid: Invalid) -> FieldError {
+    FieldError::new(InputLocation::Body, pointer, invalid.code, invalid.detail)
+}
+
+/// Escapes a key for use as a JSON pointer token (RFC 6901).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The raw query string's pairs, decoded; keeps every repetition.
+#[derive(Debug, Default)]
+pub struct QueryPairs(Vec<(String, String)>);
+
+impl QueryPairs {
+    /// The last value given for `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(QueryPairs)
+            .map_err(|_| {
+                ApiError::invalid(FieldError::new(
+                    InputLocation::Query,
+                    "",
+                    "malformed_query",
+                    "the query string is not valid application/x-www-form-urlencoded",
+                ))
+            })
+    }
+}
+
+/// A path parameter that must be a UUID; anything else is a 422 naming the parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct UuidParam(pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for UuidParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let invalid = |name: &str| {
+            ApiError::invalid(FieldError::new(
+                InputLocation::Path,
+                format!("/{name}"),
+                "invalid_uuid",
+                "must be a UUID such as 0190b6f4-8e1c-7c3a-9f3e-3b1e2a4c5d6f",
+            ))
+        };
+        let axum::extract::Path(params) =
+            axum::extract::Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| invalid("id"))?;
+        let (name, value) = params.into_iter().next().ok_or_else(|| invalid("id"))?;
+        uuid::Uuid::try_parse(&value)
+            .map(UuidParam)
+            .map_err(|_| invalid(&name))
+    }
+}

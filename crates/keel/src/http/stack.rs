@@ -1,0 +1,186 @@
+//! The middleware stack, in the order a request meets it.
+
+use std::time::Duration;
+
+use axum::{Router, extract::DefaultBodyLimit, extract::MatchedPath, extract::Request, middleware};
+use http::{HeaderValue, Method, StatusCode, header};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    compression::CompressionLayer,
+    cors::{AllowOrigin, CorsLayer},
+    limit::RequestBodyLimitLayer,
+    request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+use tracing::Span;
+
+use crate::{config::Config, error::ApiError};
+
+use super::{problem, request_id, security_headers};
+
+/// Wraps every route of `router` in keel's middleware, outermost first:
+/// request id → request log → problem rendering → security headers → CORS →
+/// compression → panic catcher → body limit → timeout.
+pub fn apply(router: Router, config: &Config) -> Router {
+    // Router::layer wraps what it is given, so the inner part goes on first.
+    let inner = ServiceBuilder::new()
+        .layer(CompressionLayer::new())
+        .layer(CatchPanicLayer::custom(panic_to_problem))
+        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout(),
+        ))
+        .layer(DefaultBodyLimit::max(config.body_limit));
+    let mut router = router.layer(inner);
+    if let Some(cors) = cors(config) {
+        router = router.layer(cors);
+    }
+    let outer = ServiceBuilder::new()
+        .map_request(request_id::drop_insane)
+        .layer(SetRequestIdLayer::new(
+            request_id::X_REQUEST_ID,
+            request_id::MakeUuidV7,
+        ))
+        .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_request(())
+                .on_response(on_response)
+                .on_failure(()),
+        )
+        .layer(middleware::from_fn(problem::render))
+        .layer(middleware::map_response(security_headers::add));
+    router.layer(outer)
+}
+
+fn make_span(request: &Request) -> Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("<unmatched>", MatchedPath::as_str);
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route,
+        request_id = request_id::of(request),
+    )
+}
+
+fn on_response<B>(response: &http::Response<B>, latency: Duration, _: &Span) {
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request finished"
+    );
+}
+
+fn panic_to_problem(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    axum::response::IntoResponse::into_response(ApiError::internal(anyhow::anyhow!(
+        "handler panicked: {message}"
+    )))
+}
+
+fn cors(config: &Config) -> Option<CorsLayer> {
+    if config.cors_allowed_origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = config
+        .cors_allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::IF_MATCH,
+                header::IF_NONE_MATCH,
+                http::HeaderName::from_static("idempotency-key"),
+                request_id::X_REQUEST_ID,
+            ])
+            .expose_headers([
+                header::ETAG,
+                header::LOCATION,
+                header::LINK,
+                request_id::X_REQUEST_ID,
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, routing::get};
+    use http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn call(router: Router, path: &str) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+        let response = router
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, headers, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_500_problem_without_the_cause() {
+        async fn boom() -> &'static str {
+            panic!("secret detail: SELECT * FROM users")
+        }
+        let router = Router::new().route("/boom", get(boom));
+        let (status, headers, body) = call(apply(router, &Config::default()), "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(body["status"], 500);
+        assert_eq!(
+            body["request_id"],
+            headers["x-request-id"].to_str().unwrap()
+        );
+        assert!(!body.to_string().contains("secret"), "{body}");
+        assert!(!body.to_string().contains("SELECT"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_is_cut_off_with_a_408_problem() {
+        let router = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+        let config = Config {
+            request_timeout_secs: 1,
+            ..Config::default()
+        };
+        let (status, headers, body) = call(apply(router, &config), "/slow").await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(body["title"], "Request Timeout");
+    }
+}

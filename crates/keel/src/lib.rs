@@ -1,0 +1,18 @@
+//! keel: a production backend service.
+//!
+//! Features live in their own folders (`users`, `compute`, `health`, `docs`, `idempotency`), each with
+//! its routes, domain types and storage; shared plumbing is in `config`, `error`, `http`,
+//! `db` and `telemetry`. `server` puts them together.
+
+pub mod cli;
+pub mod compute;
+pub mod config;
+pub mod db;
+pub mod docs;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod idempotency;
+pub mod server;
+pub mod telemetry;
+pub mod users;

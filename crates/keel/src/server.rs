@@ -1,0 +1,228 @@
+//! Start-up and shutdown: builds the application from the configuration, binds the listener
+//! and serves until SIGTERM/SIGINT (or, in tests, until told to stop).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::{Router, middleware, serve::ListenerExt};
+use tokio::{net::TcpListener, sync::Notify};
+use tower_http::services::ServeDir;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{
+    compute::{self, CpuPool},
+    config::Config,
+    db::Db,
+    docs, health, http, idempotency,
+    users::{self, store::UserStore},
+};
+
+/// How often expired idempotency keys are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database pool.
+    pub db: Db,
+    /// Users' storage.
+    pub users: UserStore,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The pool that runs CPU-bound work.
+    pub compute: Arc<CpuPool>,
+    /// Shutdown progress.
+    pub shutdown: Shutdown,
+}
+
+/// Tells whether shutdown has begun, and wakes whoever waits for it.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    draining: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl Shutdown {
+    /// Starts the shutdown: readiness fails from now on.
+    pub fn begin(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn started(&self) {
+        let notified = self.notify.notified();
+        if self.is_draining() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Every documented route, before state and middleware are attached.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+        .merge(users::router())
+        .merge(health::router())
+        .merge(compute::router())
+}
+
+/// The OpenAPI document, as `/openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut document) = api().split_for_parts();
+    docs::complete(&mut document);
+    document
+}
+
+/// The whole HTTP application and its OpenAPI document.
+pub fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (api, mut document) = api()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::middleware,
+        ))
+        .split_for_parts();
+    docs::complete(&mut document);
+    let router = api
+        .with_state(state.clone())
+        .merge(docs::router(&document))
+        .nest_service("/static", ServeDir::new(&state.config.static_dir))
+        .fallback(|| async { ::http::StatusCode::NOT_FOUND })
+        .method_not_allowed_fallback(|| async { ::http::StatusCode::METHOD_NOT_ALLOWED });
+    (http::apply(router, &state.config), document)
+}
+
+/// A bound, migrated, ready-to-run keel.
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Server {
+    /// Connects to the database, applies migrations and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = Db::connect(&config).await?;
+        db.migrate().await?;
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let compute = Arc::new(CpuPool::new(
+            config.compute_threads(),
+            config.compute_queue,
+        )?);
+        let state = AppState {
+            users: UserStore::new(db.clone()),
+            db,
+            compute,
+            config: Arc::new(config),
+            shutdown: Shutdown::default(),
+        };
+        let (router, _) = app(state.clone());
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Which database backend is in use.
+    pub fn database_backend(&self) -> &'static str {
+        self.state.db.backend()
+    }
+
+    /// A handle that starts the shutdown when [`Shutdown::begin`] is called.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until shutdown begins, then lets in-flight requests finish within the
+    /// configured bound and closes the pool.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            state,
+        } = self;
+        let purge = tokio::spawn(purge_idempotency_keys(state.db.clone()));
+        let shutdown = state.shutdown.clone();
+        let drain = Duration::from_secs(state.config.shutdown_drain_secs);
+        let stop_accepting = async move {
+            shutdown.started().await;
+            // Keep serving (with /readyz failing) so a load balancer stops sending first.
+            tokio::time::sleep(drain).await;
+        };
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        let server = axum::serve(listener, router).with_graceful_shutdown(stop_accepting);
+        let grace = state.config.shutdown_timeout() + drain;
+        let shutdown = state.shutdown.clone();
+        tokio::select! {
+            result = server => result.context("server failed")?,
+            () = async { shutdown.started().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("in-flight requests did not finish within the shutdown timeout");
+            }
+        }
+        purge.abort();
+        state.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn purge_idempotency_keys(db: Db) {
+    let mut interval = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        interval.tick().await;
+        match idempotency::purge_expired(&db).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired idempotency keys deleted"),
+            Err(error) => tracing::warn!(%error, "cannot purge idempotency keys"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

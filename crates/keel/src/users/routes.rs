@@ -1,0 +1,298 @@
+//! `/users`: create, read, list, update and delete users.
+
+use axum::{
+    Json,
+    extract::State,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    error::{ApiError, FieldError, InputLocation, Problem},
+    http::{
+        conditional::{ETag, IfMatch, IfNoneMatch},
+        extract::{QueryPairs, UuidParam, ValidJson},
+        pagination::{self, Cursor, PageRequest},
+    },
+    server::AppState,
+};
+
+use super::{
+    domain::{CreateUserRequest, EMAIL_MAX_CHARS, NewUser, UpdateUserRequest, User, UserChanges},
+    store::{ListQuery, StoreError},
+};
+
+/// How often a write is retried when another write to the same user slips in between
+/// reading and writing (only without `If-Match`; with it, the precondition decides).
+const WRITE_ATTEMPTS: usize = 5;
+
+/// The users routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_user, list_users))
+        .routes(routes!(get_user, update_user, delete_user))
+}
+
+impl From<StoreError> for ApiError {
+    #[track_caller]
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::EmailTaken => ApiError::Conflict {
+                kind: "/problems/email-taken",
+                title: "E-mail address already taken",
+                detail: "another user already has this e-mail address".to_owned(),
+            },
+            StoreError::VersionMismatch => ApiError::Conflict {
+                kind: "/problems/concurrent-update",
+                title: "Concurrent update",
+                detail: "the user kept changing while this request ran; try again".to_owned(),
+            },
+            StoreError::Database(e) => ApiError::internal(e),
+            StoreError::Lost(e) => ApiError::internal(e),
+        }
+    }
+}
+
+const NOT_FOUND: ApiError = ApiError::NotFound("no user with this id");
+
+/// A user with its `ETag`.
+fn user_response(status: StatusCode, user: &User, extra: HeaderMap) -> Response {
+    let mut response = (status, extra, Json(user)).into_response();
+    response.headers_mut().insert(
+        header::ETAG,
+        ETag::from_version(user.version).header_value(),
+    );
+    response
+}
+
+/// Create a user.
+///
+/// Honours `Idempotency-Key`: a retry with the same key and body gets the first answer again.
+#[utoipa::path(
+    post,
+    path = "/users",
+    tag = "users",
+    request_body(content = CreateUserRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,255}$", description = "Makes retries safe: the same key and body return the first answer (1–255 visible ASCII characters)")),
+    responses(
+        (status = 201, description = "Created", body = User,
+            headers(("Location" = String, description = "URL of the new user"), ("ETag" = String, description = "Entity tag of the stored revision"))),
+        (status = 409, description = "Another user has this e-mail address, or a request with the same Idempotency-Key is still running", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: every failing field is listed", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "/problems/validation", "title": "Validation failed", "status": 422, "detail": "2 inputs failed validation",
+                "errors": [{"location": "body", "pointer": "/email", "code": "invalid_email", "detail": "must be a valid e-mail address such as ada@example.com"},
+                           {"location": "body", "pointer": "/name", "code": "missing", "detail": "this field is required"}],
+                "instance": "/users", "request_id": "019a8f4e-6b1a-7c3e-9d2f-5a4b3c2d1e0f"})),
+    )
+)]
+async fn create_user(
+    State(state): State<AppState>,
+    ValidJson(new): ValidJson<NewUser>,
+) -> Result<Response, ApiError> {
+    let user = state.users.insert(&new).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/users/{}", user.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok(user_response(StatusCode::CREATED, &user, headers))
+}
+
+/// Get a user.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    params(
+        ("id" = uuid::Uuid, Path, description = "User id"),
+        ("If-None-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[!#-~]*"(, ?(W/)?"[!#-~]*")*)$"#, description = "Answer 304 if the user still has one of these entity tags"),
+    ),
+    responses(
+        (status = 200, description = "The user", body = User,
+            headers(("ETag" = String, description = "Entity tag of the stored revision"))),
+        (status = 304, description = "Not modified since the given entity tag",
+            headers(("ETag" = String, description = "Entity tag of the stored revision"))),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_user(
+    State(state): State<AppState>,
+    UuidParam(id): UuidParam,
+    if_none_match: IfNoneMatch,
+) -> Result<Response, ApiError> {
+    let user = state.users.get(id).await?.ok_or(NOT_FOUND)?;
+    let etag = ETag::from_version(user.version);
+    if if_none_match.is_fresh(&etag) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag.header_value())],
+        )
+            .into_response());
+    }
+    Ok(user_response(StatusCode::OK, &user, HeaderMap::new()))
+}
+
+/// A page of users.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserPage {
+    /// Users, newest first.
+    pub items: Vec<User>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List users, newest first.
+///
+/// Keyset-paginated: follow `next_cursor` (or the `Link` header) for the next page.
+#[utoipa::path(
+    get,
+    path = "/users",
+    tag = "users",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 20)"),
+        ("cursor" = Option<String>, Query, pattern = r"^az[E-H][A-Za-z0-9_-]{21}$", description = "The next_cursor of the previous page"),
+        ("q" = Option<String>, Query, max_length = 254, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$", description = "Case-insensitive text to find in the e-mail or the name (no control characters)"),
+    ),
+    responses(
+        (status = 200, description = "A page of users", body = UserPage,
+            headers(("Link" = String, description = "RFC 8288 link to the next page (rel=\"next\"), when there is one"))),
+        (status = 422, description = "Invalid query parameters", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_users(
+    State(state): State<AppState>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let page = PageRequest::from_query(&query, &mut errors);
+    let search = query.get("q").filter(|q| !q.is_empty());
+    if search.is_some_and(|q| q.chars().count() > EMAIL_MAX_CHARS) {
+        errors.push(FieldError::new(
+            InputLocation::Query,
+            "/q",
+            "too_long",
+            format!("must be at most {EMAIL_MAX_CHARS} characters"),
+        ));
+    }
+    // Stored e-mails and names never hold control characters, and PostgreSQL rejects NUL
+    // outright, so such a search is a client error rather than a database one.
+    if search.is_some_and(|q| q.chars().any(char::is_control)) {
+        errors.push(FieldError::new(
+            InputLocation::Query,
+            "/q",
+            "control_character",
+            "must not contain control characters",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let (items, more) = state
+        .users
+        .list(&ListQuery {
+            limit: page.limit,
+            after: page.after,
+            search: search.map(str::to_owned),
+        })
+        .await?;
+    let next = more.then(|| items.last().map(|u| Cursor(u.id))).flatten();
+    let mut headers = HeaderMap::new();
+    if let Some(cursor) = &next {
+        let limit = page.limit.to_string();
+        let mut params = vec![("limit", limit.as_str())];
+        if let Some(q) = search {
+            params.push(("q", q));
+        }
+        if let Some(link) = pagination::next_link("/users", &params, cursor) {
+            headers.insert(header::LINK, link);
+        }
+    }
+    let body = UserPage {
+        next_cursor: next.map(|c| c.encode()),
+        items,
+    };
+    Ok((headers, Json(body)).into_response())
+}
+
+/// Update a user (partial).
+///
+/// Absent fields are left as they are. With `If-Match`, the update applies only to that revision.
+#[utoipa::path(
+    patch,
+    path = "/users/{id}",
+    tag = "users",
+    request_body(content = UpdateUserRequest, content_type = "application/json"),
+    params(
+        ("id" = uuid::Uuid, Path, description = "User id"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[!#-~]*"(, ?(W/)?"[!#-~]*")*)$"#, description = "Apply only if the user still has one of these entity tags"),
+    ),
+    responses(
+        (status = 200, description = "The updated user", body = User,
+            headers(("ETag" = String, description = "Entity tag of the stored revision"))),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another user has this e-mail address", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The user changed since the given entity tag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: every failing field is listed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn update_user(
+    State(state): State<AppState>,
+    UuidParam(id): UuidParam,
+    if_match: IfMatch,
+    ValidJson(changes): ValidJson<UserChanges>,
+) -> Result<Response, ApiError> {
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state.users.get(id).await?.ok_or(NOT_FOUND)?;
+        if !if_match.matches(&ETag::from_version(current.version)) {
+            return Err(ApiError::PreconditionFailed);
+        }
+        if changes.is_empty() {
+            return Ok(user_response(StatusCode::OK, &current, HeaderMap::new()));
+        }
+        match state.users.update(&current, &changes).await {
+            Ok(user) => return Ok(user_response(StatusCode::OK, &user, HeaderMap::new())),
+            // Changed or deleted in between: read again and re-check.
+            Err(StoreError::VersionMismatch) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::VersionMismatch.into())
+}
+
+/// Delete a user.
+#[utoipa::path(
+    delete,
+    path = "/users/{id}",
+    tag = "users",
+    params(
+        ("id" = uuid::Uuid, Path, description = "User id"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[!#-~]*"(, ?(W/)?"[!#-~]*")*)$"#, description = "Delete only if the user still has one of these entity tags"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The user changed since the given entity tag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_user(
+    State(state): State<AppState>,
+    UuidParam(id): UuidParam,
+    if_match: IfMatch,
+) -> Result<StatusCode, ApiError> {
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state.users.get(id).await?.ok_or(NOT_FOUND)?;
+        if !if_match.matches(&ETag::from_version(current.version)) {
+            return Err(ApiError::PreconditionFailed);
+        }
+        match state.users.delete(id, current.version).await {
+            Ok(()) => return Ok(StatusCode::NO_CONTENT),
+            Err(StoreError::VersionMismatch) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::VersionMismatch.into())
+}

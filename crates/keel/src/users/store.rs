@@ -1,0 +1,333 @@
+//! Storage of users, on either backend.
+
+use std::{collections::HashSet, sync::Arc};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::QueryBuilder;
+use uuid::Uuid;
+
+use crate::{
+    db::{
+        Db,
+        batch::{BatchLost, Batcher},
+    },
+    http::pagination::Cursor,
+    with_pool,
+};
+
+use super::domain::{NewUser, User, UserChanges};
+
+/// Why a write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another user holds this e-mail address (compared without case).
+    #[error("e-mail address already taken")]
+    EmailTaken,
+    /// The stored revision is not the expected one.
+    #[error("the user changed concurrently")]
+    VersionMismatch,
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The write was dropped before it reached the database (the server is stopping).
+    #[error(transparent)]
+    Lost(#[from] BatchLost),
+}
+
+/// A page of the users list, newest first.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Page size.
+    pub limit: u32,
+    /// Continue after this id.
+    pub after: Option<Cursor>,
+    /// Case-insensitive substring of the e-mail or the name.
+    pub search: Option<String>,
+}
+
+const COLUMNS: &str = "id, email, name, version, created_at, updated_at";
+
+/// Timestamps are kept to the microsecond, PostgreSQL's precision, so what a write
+/// answers is exactly what a later read returns.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Maps a unique violation to [`StoreError::EmailTaken`]: the users table has no other
+/// unique constraint a write can break (ids are fresh UUIDv7s).
+fn map_unique(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::EmailTaken,
+        _ => StoreError::Database(error),
+    }
+}
+
+/// Rows written by one multi-row INSERT at most.
+const MAX_BATCH: usize = 256;
+
+/// Users' storage. Inserts that arrive together share one statement and one commit
+/// (see [`crate::db::batch`]); everything else goes straight to the pool.
+#[derive(Debug, Clone)]
+pub struct UserStore {
+    db: Db,
+    inserts: Arc<Batcher<User, Result<(), StoreError>>>,
+}
+
+impl UserStore {
+    /// Storage on `db`; starts the insert batcher on the current runtime.
+    pub fn new(db: Db) -> Self {
+        // SQLite takes one writer at a time; PostgreSQL overlaps a few commits, which
+        // keeps its disk busy while the next batch fills.
+        let flushers = match &db {
+            Db::Sqlite(_) => 1,
+            Db::Postgres(pool) => (pool.options().get_max_connections() as usize / 4).max(1),
+        };
+        let writer = db.clone();
+        let inserts = Batcher::spawn(MAX_BATCH, flushers, move |users| {
+            let db = writer.clone();
+            async move { insert_batch(&db, users).await }
+        });
+        Self {
+            db,
+            inserts: Arc::new(inserts),
+        }
+    }
+
+    /// Stores a new user, answering once its row is committed.
+    pub async fn insert(&self, new: &NewUser) -> Result<User, StoreError> {
+        let now = now();
+        let user = User {
+            id: Uuid::now_v7(),
+            email: new.email.as_str().to_owned(),
+            name: new.name.as_str().to_owned(),
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        self.inserts.submit(user.clone()).await??;
+        Ok(user)
+    }
+
+    /// The user with `id`, if any.
+    pub async fn get(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
+        Ok(with_pool!(&self.db, pool => sqlx::query_as::<_, User>(&sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)?)
+    }
+
+    /// One page of users, newest first; fetches one extra row to tell whether more follow.
+    pub async fn list(&self, query: &ListQuery) -> Result<(Vec<User>, bool), StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM users WHERE 1 = 1");
+        let mut next = 1;
+        if query.after.is_some() {
+            sql.push_str(&format!(" AND id < ${next}"));
+            next += 1;
+        }
+        if query.search.is_some() {
+            sql.push_str(&format!(
+                " AND (lower(email) LIKE ${next} ESCAPE '\\' OR lower(name) LIKE ${next} ESCAPE '\\')"
+            ));
+            next += 1;
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${next}"));
+        let pattern = query.search.as_deref().map(like_pattern);
+        let fetch = i64::from(query.limit) + 1;
+        let mut rows = with_pool!(&self.db, pool => {
+            let mut q = sqlx::query_as::<_, User>(&sql);
+            if let Some(cursor) = query.after {
+                q = q.bind(cursor.0);
+            }
+            if let Some(pattern) = &pattern {
+                q = q.bind(pattern);
+            }
+            q.bind(fetch).fetch_all(pool).await
+        })?;
+        let more = rows.len() > query.limit as usize;
+        rows.truncate(query.limit as usize);
+        Ok((rows, more))
+    }
+
+    /// Applies `changes` to revision `expected` of the user; fails with
+    /// [`StoreError::VersionMismatch`] when the stored revision differs (or the user is gone).
+    pub async fn update(&self, current: &User, changes: &UserChanges) -> Result<User, StoreError> {
+        let updated = User {
+            email: changes
+                .email
+                .as_ref()
+                .map_or_else(|| current.email.clone(), |e| e.as_str().to_owned()),
+            name: changes
+                .name
+                .as_ref()
+                .map_or_else(|| current.name.clone(), |n| n.as_str().to_owned()),
+            updated_at: now(),
+            version: current.version + 1,
+            ..current.clone()
+        };
+        let result = with_pool!(&self.db, pool => sqlx::query(
+            "UPDATE users SET email = $1, name = $2, updated_at = $3, version = $4 \
+             WHERE id = $5 AND version = $6",
+        )
+        .bind(&updated.email)
+        .bind(&updated.name)
+        .bind(updated.updated_at)
+        .bind(updated.version)
+        .bind(current.id)
+        .bind(current.version)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(map_unique)?;
+        if result == 0 {
+            return Err(StoreError::VersionMismatch);
+        }
+        Ok(updated)
+    }
+
+    /// Deletes revision `version` of user `id`; [`StoreError::VersionMismatch`] when the
+    /// stored revision differs (or the user is gone).
+    pub async fn delete(&self, id: Uuid, version: i64) -> Result<(), StoreError> {
+        let deleted = with_pool!(&self.db, pool => sqlx::query(
+            "DELETE FROM users WHERE id = $1 AND version = $2",
+        )
+        .bind(id)
+        .bind(version)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        if deleted == 0 {
+            return Err(StoreError::VersionMismatch);
+        }
+        Ok(())
+    }
+}
+
+/// `%needle%` for LIKE, lower-cased, with `%`, `_` and `\` taken literally.
+fn like_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() + 2);
+    pattern.push('%');
+    for c in needle.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Writes `users` with one multi-row INSERT; a row whose e-mail is taken (by a stored
+/// user or an earlier row of the batch) is skipped and reported as [`StoreError::EmailTaken`].
+/// If the statement fails as a whole, each row is retried alone so that it gets its own answer.
+async fn insert_batch(db: &Db, users: Vec<User>) -> Vec<Result<(), StoreError>> {
+    let inserted: Result<HashSet<Uuid>, sqlx::Error> = with_pool!(db, pool => {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO users (id, email, name, version, created_at, updated_at) ",
+        );
+        insert.push_values(&users, |mut row, user| {
+            row.push_bind(user.id)
+                .push_bind(&user.email)
+                .push_bind(&user.name)
+                .push_bind(user.version)
+                .push_bind(user.created_at)
+                .push_bind(user.updated_at);
+        });
+        insert.push(" ON CONFLICT DO NOTHING RETURNING id");
+        insert
+            .build_query_scalar::<Uuid>()
+            .fetch_all(pool)
+            .await
+            .map(HashSet::from_iter)
+    });
+    match inserted {
+        Ok(ids) => users
+            .iter()
+            .map(|user| {
+                if ids.contains(&user.id) {
+                    Ok(())
+                } else {
+                    Err(StoreError::EmailTaken)
+                }
+            })
+            .collect(),
+        Err(error) if users.len() > 1 => {
+            tracing::warn!(%error, rows = users.len(), "batched insert failed; retrying row by row");
+            let mut results = Vec::with_capacity(users.len());
+            for user in &users {
+                results.push(insert_one(db, user).await);
+            }
+            results
+        }
+        Err(error) => vec![Err(map_unique(error))],
+    }
+}
+
+/// Writes one user with a plain INSERT.
+async fn insert_one(db: &Db, user: &User) -> Result<(), StoreError> {
+    with_pool!(db, pool => sqlx::query(
+        "INSERT INTO users (id, email, name, version, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(user.id)
+    .bind(&user.email)
+    .bind(&user.name)
+    .bind(user.version)
+    .bind(user.created_at)
+    .bind(user.updated_at)
+    .execute(pool)
+    .await
+    .map(drop))
+    .map_err(map_unique)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn user(email: &str) -> User {
+        let now = now();
+        User {
+            id: Uuid::now_v7(),
+            email: email.to_owned(),
+            name: "Test User".to_owned(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_is_retried_row_by_row() {
+        let config = Config {
+            database_url: Some("sqlite::memory:".into()),
+            database_max_connections: 1,
+            ..Config::default()
+        };
+        let db = Db::connect(&config).await.unwrap();
+        db.migrate().await.unwrap();
+        // The table's CHECK refuses the long address, failing the whole statement; the
+        // other rows must still be written and get their own answers.
+        let long = format!("{}@example.com", "x".repeat(250));
+        let batch = vec![user("a@example.com"), user(&long), user("A@example.com")];
+        let results = insert_batch(&db, batch).await;
+        assert!(matches!(results[0], Ok(())));
+        assert!(matches!(results[1], Err(StoreError::Database(_))));
+        assert!(matches!(results[2], Err(StoreError::EmailTaken)));
+        let store = UserStore::new(db);
+        let page = ListQuery {
+            limit: 10,
+            after: None,
+            search: None,
+        };
+        let (rows, _) = store.list(&page).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].email, "a@example.com");
+    }
+
+    #[test]
+    fn like_pattern_escapes_wildcards() {
+        assert_eq!(like_pattern("A_b%c\\"), "%a\\_b\\%c\\\\%");
+    }
+}

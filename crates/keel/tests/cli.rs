@@ -1,0 +1,391 @@
+//! The `keel` binary: command line, configuration, durability, signals and logs.
+//!
+//! Every test runs the built binary in its own temporary directory, with `KEEL_DATA_DIR`
+//! inside it and the developer's `PORT`, `HOST`, `DATABASE_URL`, `LOG_FORMAT`, `RUST_LOG`
+//! and `KEEL_*` variables removed.
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const STARTUP: Duration = Duration::from_secs(15);
+
+/// `keel` with a clean environment, running in `dir`, keeping its data in `dir/data`.
+fn keel(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+    command.current_dir(dir);
+    for name in ["PORT", "HOST", "DATABASE_URL", "LOG_FORMAT", "RUST_LOG"] {
+        command.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEEL_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("KEEL_DATA_DIR", dir.join("data"));
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.stdin(Stdio::null()).output().expect("keel runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A `keel serve` process, killed when dropped.
+struct Running {
+    child: Child,
+    port: u16,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    client: reqwest::Client,
+}
+
+impl Running {
+    /// Starts `command` (which must listen on `port`) and waits until `/livez` answers.
+    async fn start(mut command: Command, port: u16, logs: &Path) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let stdout = logs.join(format!("stdout-{id}.log"));
+        let stderr = logs.join(format!("stderr-{id}.log"));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("keel starts");
+        let mut running = Self {
+            child,
+            port,
+            stdout,
+            stderr,
+            client: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if let Some(status) = running.child.try_wait().unwrap() {
+                panic!(
+                    "keel exited early with {status}; stderr:\n{}",
+                    running.stderr()
+                );
+            }
+            if let Ok(response) = running.client.get(running.url("/livez")).send().await {
+                assert_eq!(response.status(), 200);
+                return running;
+            }
+            assert!(Instant::now() < deadline, "keel did not start in time");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    async fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `keel serve` on a free port in `dir`, with extra environment variables.
+async fn serve(dir: &Path, env: &[(&str, &str)]) -> Running {
+    let port = free_port();
+    let mut command = keel(dir);
+    command.arg("serve").env("PORT", port.to_string());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    Running::start(command, port, dir).await
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let dir = TempDir::new().unwrap();
+    let output = run(keel(dir.path()).arg("--help"));
+    assert!(output.status.success());
+    let text = stdout(&output);
+    for word in ["serve", "migrate", "--config"] {
+        assert!(text.contains(word), "--help mentions {word}:\n{text}");
+    }
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    let dir = TempDir::new().unwrap();
+    let output = run(keel(dir.path()).arg("--version"));
+    assert!(output.status.success());
+    assert_eq!(stdout(&output).trim(), "keel 0.1.0");
+}
+
+/// Runs `keel` with `env`, expecting exit code 2 and a message naming `setting`.
+fn assert_config_error(dir: &Path, env: &[(&str, &str)], args: &[&str], setting: &str) {
+    let mut command = keel(dir);
+    command.args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = run(&mut command);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{env:?} {args:?}: {}",
+        stderr(&output)
+    );
+    let message = stderr(&output);
+    assert!(
+        message.contains(setting),
+        "{env:?} {args:?}: the error names {setting}: {message}"
+    );
+    assert!(
+        !dir.join("data").join("keel.db").exists(),
+        "nothing starts on a bad configuration"
+    );
+}
+
+#[test]
+fn a_bad_port_exits_2() {
+    let dir = TempDir::new().unwrap();
+    assert_config_error(dir.path(), &[("PORT", "notanumber")], &[], "PORT");
+    assert_config_error(dir.path(), &[("PORT", "70000")], &["serve"], "PORT");
+}
+
+#[test]
+fn a_zero_body_limit_exits_2() {
+    let dir = TempDir::new().unwrap();
+    assert_config_error(
+        dir.path(),
+        &[("KEEL_BODY_LIMIT", "0")],
+        &[],
+        "KEEL_BODY_LIMIT",
+    );
+}
+
+#[test]
+fn an_unsupported_database_url_exits_2() {
+    let dir = TempDir::new().unwrap();
+    assert_config_error(
+        dir.path(),
+        &[("DATABASE_URL", "mysql://x")],
+        &["migrate"],
+        "DATABASE_URL",
+    );
+}
+
+#[test]
+fn a_missing_config_file_exits_2() {
+    let dir = TempDir::new().unwrap();
+    assert_config_error(
+        dir.path(),
+        &[],
+        &["--config", "missing.toml"],
+        "missing.toml",
+    );
+}
+
+#[test]
+fn config_file_errors_name_the_setting() {
+    let dir = TempDir::new().unwrap();
+    fs::write(dir.path().join("keel.toml"), "body_limit = 0\n").unwrap();
+    assert_config_error(
+        dir.path(),
+        &[],
+        &["--config", "keel.toml"],
+        "KEEL_BODY_LIMIT",
+    );
+    fs::write(dir.path().join("bad-port.toml"), "port = \"http\"\n").unwrap();
+    assert_config_error(dir.path(), &[], &["--config", "bad-port.toml"], "PORT");
+    // The environment overrides the file.
+    fs::write(dir.path().join("ok.toml"), "body_limit = 0\n").unwrap();
+    assert_config_error(
+        dir.path(),
+        &[("KEEL_BODY_LIMIT", "1024"), ("PORT", "notanumber")],
+        &["--config", "ok.toml"],
+        "PORT",
+    );
+}
+
+#[tokio::test]
+async fn config_file_settings_are_honoured() {
+    let dir = TempDir::new().unwrap();
+    let port = free_port();
+    fs::write(
+        dir.path().join("keel.toml"),
+        format!("port = {port}\nbody_limit = 1024\n"),
+    )
+    .unwrap();
+    let mut command = keel(dir.path());
+    command.args(["--config", "keel.toml", "serve"]);
+    let app = Running::start(command, port, dir.path()).await;
+
+    let post = |body: String| {
+        app.client
+            .post(app.url("/users"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let small = json!({"email": "ada@example.com", "name": "Ada Lovelace"}).to_string();
+    let big = format!("{small}{}", " ".repeat(2048));
+    let response = post(big).await.unwrap();
+    assert_eq!(response.status(), 413, "body_limit from the file applies");
+    let response = post(small).await.unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+#[test]
+fn migrate_creates_the_database() {
+    let dir = TempDir::new().unwrap();
+    let database = dir.path().join("data").join("keel.db");
+    assert!(!database.exists());
+    let output = run(keel(dir.path()).arg("migrate"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(database.is_file(), "{} exists", database.display());
+    let output = run(keel(dir.path()).arg("migrate"));
+    assert!(output.status.success(), "migrating twice is fine");
+}
+
+#[tokio::test]
+async fn committed_users_survive_a_kill() {
+    let dir = TempDir::new().unwrap();
+    let mut first = serve(dir.path(), &[]).await;
+    let response = first
+        .client
+        .post(first.url("/users"))
+        .header("content-type", "application/json")
+        .body(json!({"email": "ada@example.com", "name": "Ada Lovelace"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let user: Value = response.json().await.unwrap();
+
+    first.child.kill().unwrap(); // SIGKILL: no shutdown code runs.
+    let status = first.wait(Duration::from_secs(5)).await.expect("killed");
+    assert!(!status.success());
+    drop(first);
+
+    let second = serve(dir.path(), &[]).await;
+    let response = second
+        .client
+        .get(second.url(&location))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap(), user);
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly() {
+    let dir = TempDir::new().unwrap();
+    let mut app = serve(dir.path(), &[]).await;
+    let response = app.client.get(app.url("/users")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(app.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = app
+        .wait(Duration::from_secs(5))
+        .await
+        .expect("keel exits within 5 s of SIGTERM");
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", app.stderr());
+}
+
+#[tokio::test]
+async fn json_logs_describe_each_request() {
+    let dir = TempDir::new().unwrap();
+    let app = serve(dir.path(), &[("LOG_FORMAT", "json"), ("RUST_LOG", "info")]).await;
+    let request_id = "cli-log-test-42";
+    let response = app
+        .client
+        .get(app.url("/users"))
+        .header("x-request-id", request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Log lines go to standard output, one JSON object each.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let found = app
+            .stdout()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| {
+                line.to_string().contains(request_id) && line["message"] == "request finished"
+            });
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no JSON \"request finished\" line on stdout:\n{}\nstderr:\n{}",
+            app.stdout(),
+            app.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let field = |name: &str| {
+        line.get(name)
+            .or_else(|| line["span"].get(name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(field("status"), 200, "{line}");
+    assert_eq!(field("route"), "/users", "{line}");
+    assert_eq!(field("request_id"), request_id, "{line}");
+    assert_eq!(field("method"), "GET", "{line}");
+    assert!(
+        !app.stderr().contains("request finished"),
+        "logs go to stdout only"
+    );
+}

@@ -1,0 +1,316 @@
+//! Test harness: starts a real keel on an ephemeral port, on SQLite (a temporary file) or on
+//! PostgreSQL (a fresh database per test), and gives a small HTTP client for it.
+//!
+//! PostgreSQL is found at `KEEL_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). When it is unreachable the PostgreSQL
+//! variant of each test prints one line and skips, unless `KEEL_REQUIRE_SERVICES=1`, in
+//! which case it fails.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use keel::{
+    config::Config,
+    server::{Server, Shutdown},
+};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+/// The database backends every backend test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running keel and a client for it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    pub data_dir: PathBuf,
+    shutdown: Shutdown,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+    pg_database: Option<String>,
+}
+
+fn admin_url() -> String {
+    std::env::var("KEEL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn services_required() -> bool {
+    std::env::var("KEEL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = base.rsplit_once('/').map_or(base, |(head, _)| head);
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// Creates an empty PostgreSQL database for one test; `None` (after printing why) when
+/// PostgreSQL is unreachable and not required.
+pub async fn create_pg_database() -> Option<(String, String)> {
+    let admin = admin_url();
+    let mut conn = match PgConnection::connect(&admin).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            assert!(
+                !services_required(),
+                "KEEL_REQUIRE_SERVICES=1 but PostgreSQL is unreachable at {admin}: {error}"
+            );
+            eprintln!("skipping: PostgreSQL not reachable at {admin} ({error})");
+            return None;
+        }
+    };
+    let name = format!("keel_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    Some((name.clone(), with_database(&admin, &name)))
+}
+
+fn drop_pg_database(name: String) {
+    // Drop runs outside any async context we can block on, so use a private runtime.
+    let admin = admin_url();
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        });
+    })
+    .join();
+}
+
+/// The configuration a test server starts from.
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    Config {
+        port: 0,
+        data_dir: data_dir.to_path_buf(),
+        database_max_connections: 5,
+        ..Config::default()
+    }
+}
+
+/// Starts keel on `backend`; `None` when the backend is unavailable (and not required).
+pub async fn spawn(backend: Backend) -> Option<TestApp> {
+    spawn_with(backend, |_| {}).await
+}
+
+/// Starts keel on `backend` after `adjust` has changed the configuration.
+pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut config = test_config(dir.path());
+    let mut pg_database = None;
+    if backend == Backend::Postgres {
+        let (name, url) = create_pg_database().await?;
+        config.database_url = Some(SecretString::from(url));
+        pg_database = Some(name);
+    }
+    adjust(&mut config);
+    let server = Server::build(config).await.expect("server starts");
+    let addr = server.local_addr().expect("bound address");
+    let shutdown = server.shutdown_handle();
+    let handle = tokio::spawn(server.run());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    Some(TestApp {
+        addr,
+        client,
+        backend,
+        data_dir: dir.path().to_path_buf(),
+        shutdown,
+        server: Some(handle),
+        _dir: dir,
+        pg_database,
+    })
+}
+
+impl TestApp {
+    /// Absolute URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
+    pub fn patch_json(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.client
+            .patch(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.delete(self.url(path))
+    }
+
+    /// `POST /users`, returning the raw response.
+    pub async fn post_user(&self, email: &str, name: &str) -> reqwest::Response {
+        self.post_json("/users", &json!({"email": email, "name": name}))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates a user and returns its JSON; panics unless the answer is 201.
+    pub async fn create_user(&self, email: &str, name: &str) -> Value {
+        let response = self.post_user(email, name).await;
+        assert_eq!(response.status(), 201, "creating {email}");
+        response.json().await.expect("user JSON")
+    }
+
+    /// Begins shutdown and waits for the server to stop.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.begin();
+        match self.server.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// The shutdown handle, to start a shutdown while requests run.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(handle) = self.server.take() {
+            handle.abort();
+        }
+        if let Some(name) = self.pg_database.take() {
+            drop_pg_database(name);
+        }
+    }
+}
+
+/// Reads a problem document, checking the media type and the fields every problem has.
+pub async fn problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = response.json().await.expect("problem JSON");
+    assert_eq!(body["status"], status);
+    assert!(body["type"].is_string() && body["title"].is_string());
+    assert!(!request_id.is_empty());
+    assert_eq!(body["request_id"], request_id.as_str());
+    body
+}
+
+/// Generates a `#[tokio::test]` per backend for each listed `async fn(TestApp)`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(app) = $crate::common::spawn($crate::common::Backend::Sqlite).await {
+                        super::$name(app).await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(app) = $crate::common::spawn($crate::common::Backend::Postgres).await {
+                        super::$name(app).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// The value of header `name` of `response` as a string; panics when it is absent.
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("response has no {name} header"))
+        .to_str()
+        .expect("header is visible ASCII")
+        .to_owned()
+}
+
+/// Reads a 422 validation problem and returns its errors as sorted
+/// `(location, pointer, code)` triples, after checking that each error carries all four
+/// members (`location`, `pointer`, `code` and a non-empty `detail`).
+pub async fn validation_errors(response: reqwest::Response) -> Vec<(String, String, String)> {
+    let body = problem(response, 422).await;
+    assert_eq!(body["type"], "/problems/validation", "{body}");
+    let errors = body["errors"].as_array().expect("errors is an array");
+    assert!(!errors.is_empty(), "a validation problem lists its errors");
+    let mut found: Vec<(String, String, String)> = errors
+        .iter()
+        .map(|error| {
+            let text = |key: &str| {
+                error[key]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("error member {key} is a string: {error}"))
+                    .to_owned()
+            };
+            assert!(!text("detail").is_empty(), "detail is not empty: {error}");
+            (text("location"), text("pointer"), text("code"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// `(location, pointer, code)` triples, sorted, for comparison with [`validation_errors`].
+pub fn expected(errors: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    let mut errors: Vec<(String, String, String)> = errors
+        .iter()
+        .map(|(l, p, c)| ((*l).to_owned(), (*p).to_owned(), (*c).to_owned()))
+        .collect();
+    errors.sort();
+    errors
+}
