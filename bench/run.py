@@ -345,7 +345,9 @@ def ensure_tools(need_pg: bool, need_nginx: bool) -> None:
     if PINNED is False or not shutil.which("taskset"):
         log("note: fewer than 2 CPUs (or no taskset): server and load generator are not pinned")
     if need_pg:
-        if not shutil.which("pgbench"):
+        # Debian's /usr/bin/pgbench is a wrapper from postgresql-client-common that is there
+        # without the real pgbench (package postgresql-NN, pulled in by postgresql-contrib).
+        if not shutil.which("pgbench") or sh(["pgbench", "--version"], 30).returncode:
             apt_install("postgresql-contrib")
         if not shutil.which("psql"):
             apt_install("postgresql-client")
@@ -1075,7 +1077,8 @@ def build_rows(results: dict) -> dict[str, list[dict]]:
         for s in results["servers"]:
             r = s["workloads"].get(w.name)
             if r is not None:
-                rows.append({"server": s["server"], "family": s["family"], **r})
+                rows.append({"server": s["server"], "family": s["family"],
+                             "database": s.get("database"), **r})
         lim = results["limits"].get(w.name)
         limit_name = None
         if w.limit in ("pgbench", "numpy") and lim:
@@ -1095,8 +1098,11 @@ def build_rows(results: dict) -> dict[str, list[dict]]:
             row["keel_over_peer"] = (round(keel["rps"] / rps, 2)
                                      if keel and rps and row["family"] not in ("keel", "limit")
                                      else None)
+            # pgbench is PostgreSQL's limit: keel-sqlite is not compared with it.
             row["keel_over_limit"] = (round(rps / limit["rps"], 3)
-                                      if limit and rps and row["family"] == "keel" else None)
+                                      if limit and rps and row["family"] == "keel"
+                                      and (w.limit != "pgbench" or row.get("database") == "pg")
+                                      else None)
         table[w.name] = rows
     return table
 
@@ -1112,7 +1118,8 @@ def render_markdown(results: dict, table: dict) -> str:
              f"{results['config']['duration_s']} s. p50/p99: median of as many fixed-rate runs "
              "(rate shown, same for every server) with coordinated-omission correction. "
              "errors: non-2xx + socket errors over all those runs. keel/peer: keel-pg req/s over "
-             "the peer's; keel/limit: keel's req/s over the physical limit's.", ""]
+             "the peer's; keel/limit: keel's req/s over the physical limit's (pgbench: "
+             "keel-pg only).", ""]
     for name, rows in table.items():
         w = WL[name]
         rate = rows[0].get("latency_rate")

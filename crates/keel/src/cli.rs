@@ -50,7 +50,7 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
+    let _log = telemetry::init(config.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,

@@ -13,7 +13,6 @@ use std::{
 use anyhow::Context;
 use axum::{Router, middleware, serve::ListenerExt};
 use tokio::{net::TcpListener, sync::Notify};
-use tower_http::services::ServeDir;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -21,7 +20,9 @@ use crate::{
     compute::{self, CpuPool},
     config::Config,
     db::Db,
-    docs, health, http, idempotency,
+    docs, health,
+    http::{self, static_files::StaticFiles},
+    idempotency,
     users::{self, store::UserStore},
 };
 
@@ -87,8 +88,8 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     document
 }
 
-/// The whole HTTP application and its OpenAPI document.
-pub fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+/// The whole HTTP application and its OpenAPI document; `static_files` answers `/static`.
+pub fn app(state: AppState, static_files: StaticFiles) -> (Router, utoipa::openapi::OpenApi) {
     let (api, mut document) = api()
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -99,7 +100,7 @@ pub fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let router = api
         .with_state(state.clone())
         .merge(docs::router(&document))
-        .nest_service("/static", ServeDir::new(&state.config.static_dir))
+        .nest_service("/static", static_files)
         .fallback(|| async { ::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { ::http::StatusCode::METHOD_NOT_ALLOWED });
     (http::apply(router, &state.config), document)
@@ -132,7 +133,9 @@ impl Server {
             config: Arc::new(config),
             shutdown: Shutdown::default(),
         };
-        let (router, _) = app(state.clone());
+        let static_files =
+            StaticFiles::start(state.config.static_dir.clone(), state.shutdown.clone()).await;
+        let (router, _) = app(state.clone(), static_files);
         Ok(Self {
             listener,
             router,

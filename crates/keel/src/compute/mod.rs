@@ -85,14 +85,32 @@ async fn matmul(
 /// Builds A and B, multiplies them and sums the product.
 pub fn matmul_checksum(n: usize) -> f64 {
     // The entries are small integers, so every f64 here is exact.
-    let a = Array2::from_shape_fn((n, n), |(i, j)| ((i * j) % 7 + 1) as f64);
-    let b = Array2::from_shape_fn((n, n), |(i, j)| ((i + j) % 5 + 1) as f64);
+    let a = residue_matrix(n, 7, |i| (0, i % 7));
+    let b = residue_matrix(n, 5, |i| (i % 5, 1));
     a.dot(&b).sum()
+}
+
+/// The n×n matrix whose row i is `r, r + s, r + 2s, ...` taken mod `m`, plus one, where
+/// `(r, s) = start(i)`. Walking the residues replaces a division per entry, which at
+/// n = 128 cost more than the product itself.
+fn residue_matrix(n: usize, m: usize, start: impl Fn(usize) -> (usize, usize)) -> Array2<f64> {
+    let mut matrix = Array2::zeros((n, n));
+    for (i, mut row) in matrix.rows_mut().into_iter().enumerate() {
+        let (mut residue, step) = start(i);
+        for entry in row.iter_mut() {
+            *entry = (residue + 1) as f64;
+            residue += step;
+            if residue >= m {
+                residue -= m;
+            }
+        }
+    }
+    matrix
 }
 
 #[cfg(test)]
 mod tests {
-    use super::matmul_checksum;
+    use super::{matmul_checksum, residue_matrix};
 
     /// sum(A·B) = Σ_k (column k of A summed) · (row k of B summed), computed exactly in u64.
     fn expected(n: usize) -> f64 {
@@ -103,6 +121,19 @@ mod tests {
                 column * row
             })
             .sum::<u64>() as f64
+    }
+
+    #[test]
+    fn matrices_follow_their_definition() {
+        let n = 40;
+        let a = residue_matrix(n, 7, |i| (0, i % 7));
+        let b = residue_matrix(n, 5, |i| (i % 5, 1));
+        for i in 0..n {
+            for j in 0..n {
+                assert_eq!(a[[i, j]], ((i * j) % 7 + 1) as f64, "A[{i}][{j}]");
+                assert_eq!(b[[i, j]], ((i + j) % 5 + 1) as f64, "B[{i}][{j}]");
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! HTTP plumbing shared by every feature: the middleware stack, extractors that turn bad
-//! input into problem details, and conditional-request helpers.
+//! input into problem details, conditional-request helpers, and the `/static` file service.
 
 pub mod conditional;
 pub mod extract;
@@ -8,5 +8,6 @@ pub mod problem;
 pub mod request_id;
 pub mod security_headers;
 mod stack;
+pub mod static_files;
 
-pub use stack::apply;
+pub use stack::{NoCompression, apply};

@@ -7,7 +7,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
-    compression::CompressionLayer,
+    compression::{CompressionLayer, DefaultPredicate, Predicate},
     cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
     request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
@@ -26,7 +26,7 @@ use super::{problem, request_id, security_headers};
 pub fn apply(router: Router, config: &Config) -> Router {
     // Router::layer wraps what it is given, so the inner part goes on first.
     let inner = ServiceBuilder::new()
-        .layer(CompressionLayer::new())
+        .layer(CompressionLayer::new().compress_when(DefaultPredicate::new().and(Unmarked)))
         .layer(CatchPanicLayer::custom(panic_to_problem))
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(TimeoutLayer::with_status_code(
@@ -55,6 +55,25 @@ pub fn apply(router: Router, config: &Config) -> Router {
         .layer(middleware::from_fn(problem::render))
         .layer(middleware::map_response(security_headers::add));
     router.layer(outer)
+}
+
+/// A response extension telling the compression layer to send the body as it is: set by a
+/// handler whose body is already encoded (or not worth encoding), so no request pays for
+/// compressing it again.
+#[derive(Debug, Clone, Copy)]
+pub struct NoCompression;
+
+/// Compresses only responses without [`NoCompression`].
+#[derive(Debug, Clone, Copy)]
+struct Unmarked;
+
+impl Predicate for Unmarked {
+    fn should_compress<B>(&self, response: &http::Response<B>) -> bool
+    where
+        B: http_body::Body,
+    {
+        response.extensions().get::<NoCompression>().is_none()
+    }
 }
 
 fn make_span(request: &Request) -> Span {
