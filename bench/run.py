@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -536,7 +536,9 @@ pid {conf_dir}/nginx.pid;
 error_log {conf_dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    # One access-log line per request, as nginx's stock configuration writes and as keel
+    # (and every peer that logs) does at its default level.
+    access_log {conf_dir}/access.log;
     sendfile on;
     tcp_nopush on;
     keepalive_requests 10000000;
@@ -1225,6 +1227,9 @@ def parse_args() -> argparse.Namespace:
                    help="short runs, one repeat, fewer servers (under 3 minutes)")
     p.add_argument("--only", help="comma-separated servers or families, e.g. keel,fastify-w1")
     p.add_argument("--workloads", help="comma-separated: " + ",".join(WL))
+    p.add_argument("--seconds", type=float,
+                   help="length of each saturation and latency run (full: 10, quick: 1.5)")
+    p.add_argument("--repeats", type=int, help="repeats per measurement (full: 3, quick: 1)")
     p.add_argument("--no-limits", action="store_true", help="skip pgbench, numpy and nginx")
     p.add_argument("--skip-install", action="store_true", help="do not run the peers' install.sh")
     p.add_argument("--reinstall", action="store_true",
@@ -1235,6 +1240,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     mode = QUICK if args.quick else FULL
+    if args.seconds:
+        mode = replace(mode, duration=args.seconds, lat_duration=args.seconds)
+    if args.repeats:
+        mode = replace(mode, repeats=args.repeats)
     wanted = [w.strip() for w in args.workloads.split(",")] if args.workloads else list(WL)
     unknown = [w for w in wanted if w not in WL]
     if unknown:

@@ -14,6 +14,9 @@ use crate::config::LogFormat;
 /// Filter used when `RUST_LOG` is not set.
 const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=warn";
 
+/// Lines waiting for the writer thread at most.
+const LOG_QUEUE_LINES: usize = 4096;
+
 /// Flushes the lines still queued for stdout when dropped; keep it until the process ends.
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
@@ -26,8 +29,11 @@ pub fn init(format: LogFormat) -> LogGuard {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let ansi = std::io::stdout().is_terminal();
     // Not lossy: when the writer falls behind, logging waits rather than dropping lines.
+    // The queue is allocated up front, so it is kept far below the crate's default of
+    // 128,000 lines (4 MB of resident memory).
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("keel-log")
         .finish(std::io::stdout());
     let registry = tracing_subscriber::registry().with(filter);

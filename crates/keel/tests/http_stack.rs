@@ -185,6 +185,18 @@ async fn large_responses_are_compressed_on_request() {
     assert!(plain.headers().get("content-encoding").is_none());
     let page: Value = plain.json().await.unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 10);
+
+    // A single user is a few hundred bytes: not worth an encoder per response.
+    let id = page["items"][0]["id"].as_str().unwrap();
+    let small = client
+        .get(app.url(&format!("/users/{id}")))
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    assert!(small.headers().get("content-encoding").is_none());
+    assert_eq!(small.json::<Value>().await.unwrap()["id"], id);
 }
 
 #[tokio::test]
