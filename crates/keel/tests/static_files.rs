@@ -54,6 +54,15 @@ fn is_strong_etag(value: &str) -> bool {
         && value[1..33].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A GET of `path` with extra request headers.
+async fn get_with(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = app.get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
 /// Polls `path` until `done` accepts the response, for at most five refresh intervals.
 async fn poll_until(
     app: &TestApp,
@@ -166,13 +175,7 @@ async fn a_matching_if_none_match_answers_304() {
         format!("\"other\", {etag}"),
         "*".to_owned(),
     ] {
-        let response = s
-            .app
-            .get("/static/hello.txt")
-            .header("if-none-match", &value)
-            .send()
-            .await
-            .unwrap();
+        let response = get_with(&s.app, "/static/hello.txt", &[("if-none-match", &value)]).await;
         assert_eq!(response.status(), 304, "{value}");
         assert_eq!(header(&response, "etag"), etag);
         assert_eq!(header(&response, "cache-control"), CACHE_CONTROL);
@@ -190,14 +193,15 @@ async fn a_matching_if_none_match_answers_304() {
     assert_eq!(response.status(), 304, "HEAD");
 
     // A different tag gets the file, even when If-Modified-Since alone would give a 304.
-    let response = s
-        .app
-        .get("/static/hello.txt")
-        .header("if-none-match", "\"stale\"")
-        .header("if-modified-since", &last_modified)
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(
+        &s.app,
+        "/static/hello.txt",
+        &[
+            ("if-none-match", "\"stale\""),
+            ("if-modified-since", &last_modified),
+        ],
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "hello\n");
 }
@@ -213,13 +217,12 @@ async fn if_modified_since_answers_304_unless_the_file_is_newer() {
         last_modified.clone(),
         httpdate::fmt_http_date(modified + Duration::from_secs(3600)),
     ] {
-        let response = s
-            .app
-            .get("/static/hello.txt")
-            .header("if-modified-since", &since)
-            .send()
-            .await
-            .unwrap();
+        let response = get_with(
+            &s.app,
+            "/static/hello.txt",
+            &[("if-modified-since", &since)],
+        )
+        .await;
         assert_eq!(response.status(), 304, "{since}");
         assert!(is_strong_etag(&header(&response, "etag")));
         assert!(response.bytes().await.unwrap().is_empty());
@@ -228,13 +231,12 @@ async fn if_modified_since_answers_304_unless_the_file_is_newer() {
         httpdate::fmt_http_date(modified - Duration::from_secs(1)),
         "not a date".to_owned(),
     ] {
-        let response = s
-            .app
-            .get("/static/hello.txt")
-            .header("if-modified-since", &since)
-            .send()
-            .await
-            .unwrap();
+        let response = get_with(
+            &s.app,
+            "/static/hello.txt",
+            &[("if-modified-since", &since)],
+        )
+        .await;
         assert_eq!(response.status(), 200, "{since}");
         assert_eq!(response.text().await.unwrap(), "hello\n");
     }
@@ -247,13 +249,7 @@ async fn failed_preconditions_are_412_problems() {
     let etag = header(&response, "etag");
     let modified = httpdate::parse_http_date(&header(&response, "last-modified")).unwrap();
 
-    let response = s
-        .app
-        .get("/static/hello.txt")
-        .header("if-match", "\"stale\"")
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(&s.app, "/static/hello.txt", &[("if-match", "\"stale\"")]).await;
     problem(response, 412).await;
     let response = s
         .app
@@ -266,13 +262,7 @@ async fn failed_preconditions_are_412_problems() {
         .await
         .unwrap();
     problem(response, 412).await;
-    let response = s
-        .app
-        .get("/static/hello.txt")
-        .header("if-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(&s.app, "/static/hello.txt", &[("if-match", &etag)]).await;
     assert_eq!(response.status(), 200);
 }
 
@@ -293,13 +283,7 @@ async fn edited_and_added_files_are_served_new_within_seconds() {
     assert_ne!(new_etag, old_etag);
     assert_eq!(response.text().await.unwrap(), "let version = 22;\n");
     // A client revalidating with the old tag gets the new file.
-    let response = s
-        .app
-        .get("/static/app.js")
-        .header("if-none-match", &old_etag)
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(&s.app, "/static/app.js", &[("if-none-match", &old_etag)]).await;
     assert_eq!(response.status(), 200);
 
     // A new file is served at once (from disk), then from memory after the next scan.
@@ -364,13 +348,7 @@ async fn ranges_directories_and_other_methods_behave_as_before() {
     ])
     .await;
 
-    let response = s
-        .app
-        .get("/static/hello.txt")
-        .header("range", "bytes=0-4")
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(&s.app, "/static/hello.txt", &[("range", "bytes=0-4")]).await;
     assert_eq!(response.status(), 206);
     assert_eq!(header(&response, "content-range"), "bytes 0-4/12");
     assert_eq!(response.text().await.unwrap(), "hello");
@@ -471,13 +449,12 @@ async fn compressible_files_are_sent_gzipped_from_a_copy_made_once() {
     let plain_etag = header(&plain, "etag");
     assert_eq!(plain.text().await.unwrap(), text);
 
-    let gzipped = s
-        .app
-        .get("/static/app.js")
-        .header("accept-encoding", "br;q=0.9, gzip")
-        .send()
-        .await
-        .unwrap();
+    let gzipped = get_with(
+        &s.app,
+        "/static/app.js",
+        &[("accept-encoding", "br;q=0.9, gzip")],
+    )
+    .await;
     assert_eq!(gzipped.status(), 200);
     assert_eq!(header(&gzipped, "content-encoding"), "gzip");
     assert_eq!(header(&gzipped, "vary"), "accept-encoding");
@@ -491,25 +468,17 @@ async fn compressible_files_are_sent_gzipped_from_a_copy_made_once() {
         .unwrap();
     assert_eq!(decoded, text);
 
-    let revalidated = s
-        .app
-        .get("/static/app.js")
-        .header("accept-encoding", "gzip")
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let revalidated = get_with(
+        &s.app,
+        "/static/app.js",
+        &[("accept-encoding", "gzip"), ("if-none-match", &etag)],
+    )
+    .await;
     assert_eq!(revalidated.status(), 304);
     assert_eq!(header(&revalidated, "etag"), etag);
 
     for refused in ["gzip;q=0", "identity", "br"] {
-        let response = s
-            .app
-            .get("/static/app.js")
-            .header("accept-encoding", refused)
-            .send()
-            .await
-            .unwrap();
+        let response = get_with(&s.app, "/static/app.js", &[("accept-encoding", refused)]).await;
         assert!(
             response.headers().get("content-encoding").is_none(),
             "{refused}"
@@ -518,13 +487,12 @@ async fn compressible_files_are_sent_gzipped_from_a_copy_made_once() {
     }
 
     // Incompressible content goes out as it is, not recompressed per request.
-    let response = s
-        .app
-        .get("/static/noise.bin")
-        .header("accept-encoding", "gzip, br, zstd")
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(
+        &s.app,
+        "/static/noise.bin",
+        &[("accept-encoding", "gzip, br, zstd")],
+    )
+    .await;
     assert!(response.headers().get("content-encoding").is_none());
     assert!(response.headers().get("vary").is_none());
     assert_eq!(response.bytes().await.unwrap().as_ref(), &noise[..]);
