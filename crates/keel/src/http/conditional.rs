@@ -11,9 +11,14 @@ use crate::error::{ApiError, FieldError, InputLocation};
 pub struct ETag(String);
 
 impl ETag {
+    /// The strong tag whose opaque part (the text between the quotes) is `opaque`.
+    pub fn strong(opaque: impl std::fmt::Display) -> Self {
+        Self(format!("\"{opaque}\""))
+    }
+
     /// The entity tag of a stored revision.
     pub fn from_version(version: i64) -> Self {
-        Self(format!("\"{version}\""))
+        Self::strong(version)
     }
 
     /// The header value.
@@ -48,11 +53,10 @@ impl IfMatch {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        match parse_list(&parts.headers, header::IF_MATCH, "If-Match")? {
+impl IfMatch {
+    /// Reads `If-Match`; a malformed list is a 422.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        match parse_list(headers, header::IF_MATCH, "If-Match")? {
             None => Ok(Self::Absent),
             Some(List::Any) => Ok(Self::Any),
             // Weak tags never match under the strong comparison If-Match requires.
@@ -63,6 +67,14 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
                     .collect(),
             )),
         }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Self::from_headers(&parts.headers)
     }
 }
 
@@ -82,15 +94,22 @@ impl IfNoneMatch {
     }
 }
 
+impl IfNoneMatch {
+    /// Reads `If-None-Match`; a malformed list is a 422.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        Ok(Self(parse_list(
+            headers,
+            header::IF_NONE_MATCH,
+            "If-None-Match",
+        )?))
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(parse_list(
-            &parts.headers,
-            header::IF_NONE_MATCH,
-            "If-None-Match",
-        )?))
+        Self::from_headers(&parts.headers)
     }
 }
 

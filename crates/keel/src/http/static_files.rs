@@ -41,7 +41,13 @@ use sha2::{Digest, Sha256};
 use tower::{Service, ServiceExt};
 use tower_http::services::ServeDir;
 
-use crate::{http::NoCompression, server::Shutdown};
+use crate::{
+    http::{
+        NoCompression,
+        conditional::{ETag, IfMatch, IfNoneMatch},
+    },
+    server::Shutdown,
+};
 
 /// Largest file preloaded into memory (1 MiB); larger files are streamed from disk.
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
@@ -128,16 +134,18 @@ struct Entry {
 struct Variant {
     body: Bytes,
     content_length: HeaderValue,
+    tag: ETag,
     etag: HeaderValue,
 }
 
 impl Variant {
-    fn new(body: Bytes, etag: String) -> io::Result<Self> {
-        Ok(Self {
+    fn new(body: Bytes, tag: ETag) -> Self {
+        Self {
             content_length: HeaderValue::from(body.len()),
-            etag: HeaderValue::try_from(etag).map_err(io::Error::other)?,
+            etag: tag.header_value(),
+            tag,
             body,
-        })
+        }
     }
 }
 
@@ -195,15 +203,14 @@ impl Entry {
             None => None,
         };
         // Each encoding is its own representation, so it gets its own strong tag.
-        let gzip = match gzip(&body)? {
-            Some(compressed) => Some(Variant::new(compressed, format!("\"{digest}-gzip\""))?),
-            None => None,
-        };
+        let gzip = gzip(&body)?.map(|compressed| {
+            Variant::new(compressed, ETag::strong(format_args!("{digest}-gzip")))
+        });
         Ok(Self {
             signature,
             content_type,
             last_modified,
-            identity: Variant::new(body, format!("\"{digest}\""))?,
+            identity: Variant::new(body, ETag::strong(&digest)),
             gzip,
         })
     }
@@ -301,7 +308,7 @@ impl StaticFiles {
         let entry = self.shared.lookup(&key)?;
         let last_modified = entry.last_modified.as_ref().map(|(date, _)| *date);
         let variant = entry.variant(request.headers());
-        match evaluate(request.headers(), &variant.etag, last_modified) {
+        match evaluate(request.headers(), &variant.tag, last_modified) {
             Condition::NotModified => Some(entry.not_modified(variant)),
             Condition::PreconditionFailed => Some(StatusCode::PRECONDITION_FAILED.into_response()),
             // ServeDir serves ranges (and answers unsatisfiable ones) from the file on disk.
@@ -352,7 +359,7 @@ enum Condition {
     PreconditionFailed,
 }
 
-fn evaluate(headers: &HeaderMap, etag: &HeaderValue, last_modified: Option<HttpDate>) -> Condition {
+fn evaluate(headers: &HeaderMap, etag: &ETag, last_modified: Option<HttpDate>) -> Condition {
     let date = |name| {
         headers
             .get(name)
@@ -360,8 +367,9 @@ fn evaluate(headers: &HeaderMap, etag: &HeaderValue, last_modified: Option<HttpD
             .and_then(|text| httpdate::parse_http_date(text).ok())
             .map(HttpDate::from)
     };
+    // A file server does not refuse a malformed tag list: it just matches nothing.
     if headers.contains_key(header::IF_MATCH) {
-        if !tag_matches(headers, header::IF_MATCH, etag, false) {
+        if !IfMatch::from_headers(headers).is_ok_and(|tags| tags.matches(etag)) {
             return Condition::PreconditionFailed;
         }
     } else if let (Some(since), Some(modified)) = (date(header::IF_UNMODIFIED_SINCE), last_modified)
@@ -371,7 +379,7 @@ fn evaluate(headers: &HeaderMap, etag: &HeaderValue, last_modified: Option<HttpD
         }
     }
     if headers.contains_key(header::IF_NONE_MATCH) {
-        if tag_matches(headers, header::IF_NONE_MATCH, etag, true) {
+        if IfNoneMatch::from_headers(headers).is_ok_and(|tags| tags.is_fresh(etag)) {
             return Condition::NotModified;
         }
     } else if let (Some(since), Some(modified)) = (date(header::IF_MODIFIED_SINCE), last_modified) {
@@ -380,32 +388,6 @@ fn evaluate(headers: &HeaderMap, etag: &HeaderValue, last_modified: Option<HttpD
         }
     }
     Condition::Serve
-}
-
-/// Whether header `name` is `*` or lists `etag`; `weak` allows a `W/` prefix (the weak
-/// comparison of `If-None-Match`), otherwise a weak tag never matches (`If-Match`). Our tags
-/// hold only hex digits, so splitting on commas cannot cut one apart.
-fn tag_matches(
-    headers: &HeaderMap,
-    name: header::HeaderName,
-    etag: &HeaderValue,
-    weak: bool,
-) -> bool {
-    let etag = etag.as_bytes();
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .any(|tag| {
-            let tag = match tag.strip_prefix("W/") {
-                Some(opaque) if weak => opaque,
-                Some(_) => return false,
-                None => tag,
-            };
-            tag == "*" || tag.as_bytes() == etag
-        })
 }
 
 impl Shared {
@@ -597,7 +579,7 @@ mod tests {
         let modified = httpdate::parse_http_date("Wed, 01 Jan 2025 12:00:00 GMT").unwrap();
         evaluate(
             &headers(pairs),
-            &HeaderValue::from_static(TAG),
+            &ETag::strong(TAG.trim_matches('"')),
             Some(modified.into()),
         )
     }
