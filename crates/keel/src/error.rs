@@ -286,9 +286,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
+impl From<crate::db::DbError> for ApiError {
     #[track_caller]
-    fn from(error: sqlx::Error) -> Self {
+    fn from(error: crate::db::DbError) -> Self {
         Self::internal(error)
     }
 }

@@ -1,71 +1,163 @@
 //! The database: SQLite by default, PostgreSQL when `DATABASE_URL` says so.
 //!
-//! Features keep their own SQL; both backends accept the same `$N` placeholders, so most
-//! statements are written once and run on either pool through [`with_pool!`].
+//! Features keep their own SQL and run it through [`Db`]: both backends accept the same
+//! `$N` placeholders, parameters are anything that both drivers can bind ([`Param`]) and
+//! rows are read by column name ([`Row`]), so each statement is written once. SQLite goes
+//! through sqlx; PostgreSQL through tokio-postgres, whose pipelining the benchmark chose
+//! (see [`postgres`]).
 
 pub mod batch;
+mod postgres;
 
-use std::{str::FromStr, time::Duration};
+use std::{fmt::Display, str::FromStr, time::Duration};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::{
-    PgPool, SqlitePool,
+    Arguments, Connection, Sqlite, SqlitePool,
+    error::BoxDynError,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    postgres::PgConnection,
+    sqlite::{
+        SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+        SqliteSynchronous,
+    },
 };
+use tokio_postgres::{error::SqlState, types::ToSql};
+
+pub use postgres::Postgres;
 
 use crate::config::Config;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// A connection pool on one of the supported backends.
+/// A database on one of the supported backends.
 #[derive(Debug, Clone)]
 pub enum Db {
     /// The embedded default.
     Sqlite(SqlitePool),
     /// PostgreSQL, for production and several instances.
-    Postgres(PgPool),
+    Postgres {
+        /// The connections.
+        pg: Postgres,
+        /// Where it is, for the migrator (which runs on a connection of its own).
+        url: secrecy::SecretString,
+    },
 }
 
-/// Runs `$body` with `$pool` bound to whichever pool `$db` holds. The body is compiled
-/// once per backend, so the same query builder code serves both.
-#[macro_export]
-macro_rules! with_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::db::Db::Sqlite($pool) => $body,
-            $crate::db::Db::Postgres($pool) => $body,
+/// A failed statement, on either backend.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite (or the migrator) failed.
+    #[error(transparent)]
+    Sqlite(#[from] sqlx::Error),
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had in time.
+    #[error("no database connection available: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A parameter could not be encoded.
+    #[error("cannot encode a statement parameter: {0}")]
+    Encode(BoxDynError),
+    /// A statement expected to return a row returned none.
+    #[error("the statement returned no row")]
+    NoRow,
+}
+
+impl DbError {
+    /// Whether the statement broke a unique constraint.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Sqlite(sqlx::Error::Database(db)) => db.is_unique_violation(),
+            Self::Postgres(error) => error.code() == Some(&SqlState::UNIQUE_VIOLATION),
+            _ => false,
         }
-    };
+    }
+}
+
+/// A statement parameter: a value that both drivers can bind (text, integers, UUIDs,
+/// timestamps, bytes, and `Option`s of them for NULL).
+pub trait Param: ToSql + Sync {
+    /// Appends the value to a SQLite statement's arguments.
+    fn bind_sqlite(&self, args: &mut SqliteArguments<'_>) -> Result<(), BoxDynError>;
+}
+
+impl<T> Param for T
+where
+    T: ToSql + Sync + Clone + sqlx::Type<Sqlite> + for<'q> sqlx::Encode<'q, Sqlite> + 'static,
+{
+    fn bind_sqlite(&self, args: &mut SqliteArguments<'_>) -> Result<(), BoxDynError> {
+        args.add(self.clone())
+    }
+}
+
+/// A column value that both drivers can read.
+pub trait Column:
+    for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> + for<'r> tokio_postgres::types::FromSql<'r>
+{
+}
+
+impl<T> Column for T where
+    T: for<'r> sqlx::Decode<'r, Sqlite>
+        + sqlx::Type<Sqlite>
+        + for<'r> tokio_postgres::types::FromSql<'r>
+{
+}
+
+/// Names a column by name or by position, on either driver.
+pub trait ColumnIndex:
+    sqlx::ColumnIndex<SqliteRow> + tokio_postgres::row::RowIndex + Display
+{
+}
+
+impl<I> ColumnIndex for I where
+    I: sqlx::ColumnIndex<SqliteRow> + tokio_postgres::row::RowIndex + Display
+{
+}
+
+/// A result row of either backend.
+pub trait Row {
+    /// The value of `column`.
+    fn get<T: Column>(&self, column: impl ColumnIndex) -> Result<T, DbError>;
+}
+
+impl Row for SqliteRow {
+    fn get<T: Column>(&self, column: impl ColumnIndex) -> Result<T, DbError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+}
+
+impl Row for tokio_postgres::Row {
+    fn get<T: Column>(&self, column: impl ColumnIndex) -> Result<T, DbError> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+/// A type read from one result row.
+pub trait FromRow: Sized {
+    /// Reads `row`.
+    fn from_row(row: &impl Row) -> Result<Self, DbError>;
+}
+
+/// A single-column result.
+impl<T: Column> FromRow for (T,) {
+    fn from_row(row: &impl Row) -> Result<Self, DbError> {
+        Ok((row.get(0)?,))
+    }
 }
 
 impl Db {
     /// Connects as configured, creating the SQLite file (and its directory) when needed.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let url = config
-            .database_url
-            .as_ref()
-            .map(|u| u.expose_secret().to_owned());
-        match url {
-            Some(url) if url.starts_with("postgres") => {
-                let options = PgConnectOptions::from_str(&url)
-                    .context("DATABASE_URL is not a valid PostgreSQL URL")?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(config.database_max_connections)
-                    // A ping before every query doubles the round trips; a connection that
-                    // died is dropped by the pool after its first failed query instead.
-                    .test_before_acquire(false)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options)
-                    .await
-                    .context("cannot connect to PostgreSQL at DATABASE_URL")?;
-                Ok(Self::Postgres(pool))
-            }
+        match &config.database_url {
+            Some(url) if url.expose_secret().starts_with("postgres") => Ok(Self::Postgres {
+                pg: Postgres::connect(url.expose_secret(), config.database_max_connections).await?,
+                url: url.clone(),
+            }),
             Some(url) => {
-                let options = SqliteConnectOptions::from_str(&url)
+                let options = SqliteConnectOptions::from_str(url.expose_secret())
                     .context("DATABASE_URL is not a valid SQLite URL")?;
                 Self::sqlite(options, config).await
             }
@@ -100,41 +192,155 @@ impl Db {
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Sqlite(_) => "sqlite",
-            Self::Postgres(_) => "postgres",
-        }
-    }
-
-    fn migrator(&self) -> &'static Migrator {
-        match self {
-            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
-            Self::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Self::Postgres { .. } => "postgres",
         }
     }
 
     /// Applies every pending migration.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let migrator = self.migrator();
-        with_pool!(self, pool => migrator.run(pool).await).context("migration failed")
+        match self {
+            Self::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+            Self::Postgres { url, .. } => {
+                let mut conn = PgConnection::connect(url.expose_secret())
+                    .await
+                    .context("cannot connect to PostgreSQL to migrate")?;
+                let result = POSTGRES_MIGRATIONS.run(&mut conn).await;
+                // Closing politely only saves the server a log line; a failure here changes nothing.
+                let _ = conn.close().await;
+                result
+            }
+        }
+        .context("migration failed")
     }
 
     /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.execute("SELECT 1", &[]).await.map(drop)
     }
 
     /// Whether every migration this build knows of has been applied.
-    pub async fn is_migrated(&self) -> Result<bool, sqlx::Error> {
-        let latest = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
-        let applied: Option<i64> = with_pool!(self, pool => sqlx::query_scalar(
-            "SELECT MAX(version) FROM _sqlx_migrations WHERE success"
-        )
-        .fetch_one(pool)
-        .await)?;
+    pub async fn is_migrated(&self) -> Result<bool, DbError> {
+        let migrator = match self {
+            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Self::Postgres { .. } => &POSTGRES_MIGRATIONS,
+        };
+        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let (applied,): (Option<i64>,) = self
+            .fetch_one(
+                "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
+                &[],
+            )
+            .await?;
         Ok(applied.unwrap_or(0) >= latest)
     }
 
-    /// Closes every connection, waiting for checked-out ones to come back.
+    /// Runs `sql` and returns how many rows it changed.
+    pub async fn execute(&self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
+        match self {
+            Self::Sqlite(pool) => Ok(sqlx::query_with(sql, sqlite_args(params)?)
+                .execute(pool)
+                .await?
+                .rows_affected()),
+            Self::Postgres { pg, .. } => pg.execute(sql, &pg_params(params)).await,
+        }
+    }
+
+    /// Runs `sql` and reads every row it returns.
+    pub async fn fetch_all<T: FromRow>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+    ) -> Result<Vec<T>, DbError> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(T::from_row)
+                .collect(),
+            Self::Postgres { pg, .. } => pg
+                .query(sql, &pg_params(params))
+                .await?
+                .iter()
+                .map(T::from_row)
+                .collect(),
+        }
+    }
+
+    /// Runs `sql` and reads its first row, if any.
+    pub async fn fetch_optional<T: FromRow>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+    ) -> Result<Option<T>, DbError> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(T::from_row)
+                .transpose(),
+            Self::Postgres { pg, .. } => pg
+                .query(sql, &pg_params(params))
+                .await?
+                .first()
+                .map(T::from_row)
+                .transpose(),
+        }
+    }
+
+    /// Runs `sql` and reads its one row; a statement that returns none is an error.
+    pub async fn fetch_one<T: FromRow>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+    ) -> Result<T, DbError> {
+        self.fetch_optional(sql, params)
+            .await?
+            .ok_or(DbError::NoRow)
+    }
+
+    /// Closes every connection, waiting for checked-out SQLite ones to come back.
     pub async fn close(&self) {
-        with_pool!(self, pool => pool.close().await);
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres { pg, .. } => pg.close(),
+        }
+    }
+}
+
+/// The placeholders of a multi-row VALUES list: `($1, $2), ($3, $4)` for 2 rows of 2 columns.
+pub fn values(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<String> = (1..=columns)
+                .map(|column| format!("${}", row * columns + column))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn sqlite_args<'q>(params: &[&dyn Param]) -> Result<SqliteArguments<'q>, DbError> {
+    let mut args = SqliteArguments::default();
+    for param in params {
+        param.bind_sqlite(&mut args).map_err(DbError::Encode)?;
+    }
+    Ok(args)
+}
+
+fn pg_params<'a>(params: &[&'a dyn Param]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|p| *p as &(dyn ToSql + Sync)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::values;
+
+    #[test]
+    fn values_numbers_placeholders_row_by_row() {
+        assert_eq!(values(1, 3), "($1, $2, $3)");
+        assert_eq!(values(2, 2), "($1, $2), ($3, $4)");
     }
 }

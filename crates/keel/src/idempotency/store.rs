@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::{db::Db, with_pool};
+use crate::db::{Db, DbError, FromRow, Row};
 
 /// A kept answer.
 #[derive(Debug, Clone)]
@@ -30,14 +30,26 @@ pub enum Begin {
     InProgress,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
+struct Kept {
     request_hash: String,
     status: Option<i32>,
     headers: Option<String>,
     body: Option<Vec<u8>>,
     locked_until_ms: i64,
     expires_at_ms: i64,
+}
+
+impl FromRow for Kept {
+    fn from_row(row: &impl Row) -> Result<Self, DbError> {
+        Ok(Self {
+            request_hash: row.get("request_hash")?,
+            status: row.get("status")?,
+            headers: row.get("headers")?,
+            body: row.get("body")?,
+            locked_until_ms: row.get("locked_until_ms")?,
+            expires_at_ms: row.get("expires_at_ms")?,
+        })
+    }
 }
 
 fn now_ms() -> i64 {
@@ -55,34 +67,32 @@ pub async fn begin(
     fingerprint: &str,
     lock: Duration,
     ttl: Duration,
-) -> Result<Begin, sqlx::Error> {
+) -> Result<Begin, DbError> {
+    let key = key.to_owned();
+    let fingerprint = fingerprint.to_owned();
     // Three rounds are enough: each lost race means another request changed the row, and
     // the next read sees what it did.
     for _ in 0..3 {
         let now = now_ms();
         let locked_until = now.saturating_add(millis(lock));
         let expires_at = now.saturating_add(millis(ttl));
-        let inserted = with_pool!(db, pool => sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, locked_until_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(fingerprint)
-        .bind(locked_until)
-        .bind(expires_at)
-        .execute(pool)
-        .await?
-        .rows_affected());
+        let inserted = db
+            .execute(
+                "INSERT INTO idempotency_keys (key, request_hash, locked_until_ms, expires_at_ms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+                &[&key, &fingerprint, &locked_until, &expires_at],
+            )
+            .await?;
         if inserted == 1 {
             return Ok(Begin::Started);
         }
-        let row: Option<Row> = with_pool!(db, pool => sqlx::query_as(
-            "SELECT request_hash, status, headers, body, locked_until_ms, expires_at_ms \
-             FROM idempotency_keys WHERE key = $1",
-        )
-        .bind(key)
-        .fetch_optional(pool)
-        .await?);
+        let row: Option<Kept> = db
+            .fetch_optional(
+                "SELECT request_hash, status, headers, body, locked_until_ms, expires_at_ms \
+                 FROM idempotency_keys WHERE key = $1",
+                &[&key],
+            )
+            .await?;
         let Some(row) = row else { continue };
         let expired = row.expires_at_ms <= now;
         let abandoned = row.status.is_none() && row.locked_until_ms <= now;
@@ -107,20 +117,21 @@ pub async fn begin(
             }
         }
         // Expired, or its first request died: take it over unless someone else just did.
-        let taken = with_pool!(db, pool => sqlx::query(
-            "UPDATE idempotency_keys SET request_hash = $2, status = NULL, headers = NULL, \
-             body = NULL, locked_until_ms = $3, expires_at_ms = $4 \
-             WHERE key = $1 AND locked_until_ms = $5 AND expires_at_ms = $6",
-        )
-        .bind(key)
-        .bind(fingerprint)
-        .bind(locked_until)
-        .bind(expires_at)
-        .bind(row.locked_until_ms)
-        .bind(row.expires_at_ms)
-        .execute(pool)
-        .await?
-        .rows_affected());
+        let taken = db
+            .execute(
+                "UPDATE idempotency_keys SET request_hash = $2, status = NULL, headers = NULL, \
+                 body = NULL, locked_until_ms = $3, expires_at_ms = $4 \
+                 WHERE key = $1 AND locked_until_ms = $5 AND expires_at_ms = $6",
+                &[
+                    &key,
+                    &fingerprint,
+                    &locked_until,
+                    &expires_at,
+                    &row.locked_until_ms,
+                    &row.expires_at_ms,
+                ],
+            )
+            .await?;
         if taken == 1 {
             return Ok(Begin::Started);
         }
@@ -129,39 +140,37 @@ pub async fn begin(
 }
 
 /// Keeps the answer of the request holding `key`.
-pub async fn complete(db: &Db, key: &str, saved: &Saved) -> Result<(), sqlx::Error> {
+pub async fn complete(db: &Db, key: &str, saved: &Saved) -> Result<(), DbError> {
     let headers = serde_json::to_string(&saved.headers).unwrap_or_else(|_| "[]".to_owned());
-    with_pool!(db, pool => sqlx::query(
+    db.execute(
         "UPDATE idempotency_keys SET status = $2, headers = $3, body = $4 WHERE key = $1",
+        &[
+            &key.to_owned(),
+            &i32::from(saved.status),
+            &headers,
+            &saved.body,
+        ],
     )
-    .bind(key)
-    .bind(i32::from(saved.status))
-    .bind(headers)
-    .bind(&saved.body)
-    .execute(pool)
     .await
-    .map(drop))?;
-    Ok(())
+    .map(drop)
 }
 
 /// Forgets `key`, so that a retry runs again (after a failed answer).
-pub async fn release(db: &Db, key: &str) -> Result<(), sqlx::Error> {
-    with_pool!(db, pool => sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND status IS NULL")
-        .bind(key)
-        .execute(pool)
-        .await
-        .map(drop))?;
-    Ok(())
+pub async fn release(db: &Db, key: &str) -> Result<(), DbError> {
+    db.execute(
+        "DELETE FROM idempotency_keys WHERE key = $1 AND status IS NULL",
+        &[&key.to_owned()],
+    )
+    .await
+    .map(drop)
 }
 
 /// Deletes expired keys; returns how many.
-pub async fn purge_expired(db: &Db) -> Result<u64, sqlx::Error> {
+pub async fn purge_expired(db: &Db) -> Result<u64, DbError> {
     let now = now_ms();
-    Ok(
-        with_pool!(db, pool => sqlx::query("DELETE FROM idempotency_keys WHERE expires_at_ms <= $1")
-        .bind(now)
-        .execute(pool)
-        .await?
-        .rows_affected()),
+    db.execute(
+        "DELETE FROM idempotency_keys WHERE expires_at_ms <= $1",
+        &[&now],
     )
+    .await
 }

@@ -85,7 +85,7 @@ impl UserName {
 }
 
 /// A stored user.
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(example = json!({
     "id": "019a8f4e-6b1a-7c3e-9d2f-5a4b3c2d1e0f",
     "email": "ada@example.com",

@@ -3,16 +3,15 @@
 use std::{collections::HashSet, sync::Arc};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sqlx::QueryBuilder;
 use uuid::Uuid;
 
 use crate::{
     db::{
-        Db,
+        Db, DbError, FromRow, Param, Row,
         batch::{BatchLost, Batcher},
+        values,
     },
     http::pagination::Cursor,
-    with_pool,
 };
 
 use super::domain::{NewUser, User, UserChanges};
@@ -28,7 +27,7 @@ pub enum StoreError {
     VersionMismatch,
     /// The database failed.
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
     /// The write was dropped before it reached the database (the server is stopping).
     #[error(transparent)]
     Lost(#[from] BatchLost),
@@ -47,6 +46,19 @@ pub struct ListQuery {
 
 const COLUMNS: &str = "id, email, name, version, created_at, updated_at";
 
+impl FromRow for User {
+    fn from_row(row: &impl Row) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.get("id")?,
+            email: row.get("email")?,
+            name: row.get("name")?,
+            version: row.get("version")?,
+            created_at: row.get("created_at")?,
+            updated_at: row.get("updated_at")?,
+        })
+    }
+}
+
 /// Timestamps are kept to the microsecond, PostgreSQL's precision, so what a write
 /// answers is exactly what a later read returns.
 fn now() -> DateTime<Utc> {
@@ -55,10 +67,11 @@ fn now() -> DateTime<Utc> {
 
 /// Maps a unique violation to [`StoreError::EmailTaken`]: the users table has no other
 /// unique constraint a write can break (ids are fresh UUIDv7s).
-fn map_unique(error: sqlx::Error) -> StoreError {
-    match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::EmailTaken,
-        _ => StoreError::Database(error),
+fn map_unique(error: DbError) -> StoreError {
+    if error.is_unique_violation() {
+        StoreError::EmailTaken
+    } else {
+        StoreError::Database(error)
     }
 }
 
@@ -80,7 +93,7 @@ impl UserStore {
         // keeps its disk busy while the next batch fills.
         let flushers = match &db {
             Db::Sqlite(_) => 1,
-            Db::Postgres(pool) => (pool.options().get_max_connections() as usize / 4).max(1),
+            Db::Postgres { pg, .. } => pg.shared_connections(),
         };
         let writer = db.clone();
         let inserts = Batcher::spawn(MAX_BATCH, flushers, move |users| {
@@ -111,10 +124,7 @@ impl UserStore {
     /// The user with `id`, if any.
     pub async fn get(&self, id: Uuid) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
-        Ok(with_pool!(&self.db, pool => sqlx::query_as::<_, User>(&sql)
-            .bind(id)
-            .fetch_optional(pool)
-            .await)?)
+        Ok(self.db.fetch_optional(&sql, &[&id]).await?)
     }
 
     /// One page of users, newest first; fetches one extra row to tell whether more follow.
@@ -134,16 +144,16 @@ impl UserStore {
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${next}"));
         let pattern = query.search.as_deref().map(like_pattern);
         let fetch = i64::from(query.limit) + 1;
-        let mut rows = with_pool!(&self.db, pool => {
-            let mut q = sqlx::query_as::<_, User>(&sql);
-            if let Some(cursor) = query.after {
-                q = q.bind(cursor.0);
-            }
-            if let Some(pattern) = &pattern {
-                q = q.bind(pattern);
-            }
-            q.bind(fetch).fetch_all(pool).await
-        })?;
+        let after = query.after.map(|cursor| cursor.0);
+        let mut params: Vec<&dyn Param> = Vec::with_capacity(3);
+        if let Some(after) = &after {
+            params.push(after);
+        }
+        if let Some(pattern) = &pattern {
+            params.push(pattern);
+        }
+        params.push(&fetch);
+        let mut rows: Vec<User> = self.db.fetch_all(&sql, &params).await?;
         let more = rows.len() > query.limit as usize;
         rows.truncate(query.limit as usize);
         Ok((rows, more))
@@ -165,20 +175,22 @@ impl UserStore {
             version: current.version + 1,
             ..current.clone()
         };
-        let result = with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE users SET email = $1, name = $2, updated_at = $3, version = $4 \
-             WHERE id = $5 AND version = $6",
-        )
-        .bind(&updated.email)
-        .bind(&updated.name)
-        .bind(updated.updated_at)
-        .bind(updated.version)
-        .bind(current.id)
-        .bind(current.version)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(map_unique)?;
+        let result = self
+            .db
+            .execute(
+                "UPDATE users SET email = $1, name = $2, updated_at = $3, version = $4 \
+                 WHERE id = $5 AND version = $6",
+                &[
+                    &updated.email,
+                    &updated.name,
+                    &updated.updated_at,
+                    &updated.version,
+                    &current.id,
+                    &current.version,
+                ],
+            )
+            .await
+            .map_err(map_unique)?;
         if result == 0 {
             return Err(StoreError::VersionMismatch);
         }
@@ -188,14 +200,13 @@ impl UserStore {
     /// Deletes revision `version` of user `id`; [`StoreError::VersionMismatch`] when the
     /// stored revision differs (or the user is gone).
     pub async fn delete(&self, id: Uuid, version: i64) -> Result<(), StoreError> {
-        let deleted = with_pool!(&self.db, pool => sqlx::query(
-            "DELETE FROM users WHERE id = $1 AND version = $2",
-        )
-        .bind(id)
-        .bind(version)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))?;
+        let deleted = self
+            .db
+            .execute(
+                "DELETE FROM users WHERE id = $1 AND version = $2",
+                &[&id, &version],
+            )
+            .await?;
         if deleted == 0 {
             return Err(StoreError::VersionMismatch);
         }
@@ -221,25 +232,15 @@ fn like_pattern(needle: &str) -> String {
 /// user or an earlier row of the batch) is skipped and reported as [`StoreError::EmailTaken`].
 /// If the statement fails as a whole, each row is retried alone so that it gets its own answer.
 async fn insert_batch(db: &Db, users: Vec<User>) -> Vec<Result<(), StoreError>> {
-    let inserted: Result<HashSet<Uuid>, sqlx::Error> = with_pool!(db, pool => {
-        let mut insert = QueryBuilder::new(
-            "INSERT INTO users (id, email, name, version, created_at, updated_at) ",
-        );
-        insert.push_values(&users, |mut row, user| {
-            row.push_bind(user.id)
-                .push_bind(&user.email)
-                .push_bind(&user.name)
-                .push_bind(user.version)
-                .push_bind(user.created_at)
-                .push_bind(user.updated_at);
-        });
-        insert.push(" ON CONFLICT DO NOTHING RETURNING id");
-        insert
-            .build_query_scalar::<Uuid>()
-            .fetch_all(pool)
-            .await
-            .map(HashSet::from_iter)
-    });
+    let sql = format!(
+        "{INSERT}{} ON CONFLICT DO NOTHING RETURNING id",
+        values(users.len(), 6)
+    );
+    let params: Vec<&dyn Param> = users.iter().flat_map(user_params).collect();
+    let inserted = db
+        .fetch_all::<(Uuid,)>(&sql, &params)
+        .await
+        .map(|ids| ids.into_iter().map(|(id,)| id).collect::<HashSet<_>>());
     match inserted {
         Ok(ids) => users
             .iter()
@@ -263,22 +264,28 @@ async fn insert_batch(db: &Db, users: Vec<User>) -> Vec<Result<(), StoreError>> 
     }
 }
 
+/// The columns of an INSERT of users, in the order of [`user_params`].
+const INSERT: &str = "INSERT INTO users (id, email, name, version, created_at, updated_at) VALUES ";
+
+/// The values of `user` for [`INSERT`].
+fn user_params(user: &User) -> [&dyn Param; 6] {
+    [
+        &user.id,
+        &user.email,
+        &user.name,
+        &user.version,
+        &user.created_at,
+        &user.updated_at,
+    ]
+}
+
 /// Writes one user with a plain INSERT.
 async fn insert_one(db: &Db, user: &User) -> Result<(), StoreError> {
-    with_pool!(db, pool => sqlx::query(
-        "INSERT INTO users (id, email, name, version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(user.id)
-    .bind(&user.email)
-    .bind(&user.name)
-    .bind(user.version)
-    .bind(user.created_at)
-    .bind(user.updated_at)
-    .execute(pool)
-    .await
-    .map(drop))
-    .map_err(map_unique)
+    let sql = format!("{INSERT}{}", values(1, 6));
+    db.execute(&sql, &user_params(user))
+        .await
+        .map(drop)
+        .map_err(map_unique)
 }
 
 #[cfg(test)]

@@ -82,7 +82,8 @@ pub async fn create_pg_database() -> Option<(String, String)> {
     Some((name.clone(), with_database(&admin, &name)))
 }
 
-fn drop_pg_database(name: String) {
+/// Drops a database made by [`create_pg_database`].
+pub fn drop_pg_database(name: String) {
     // Drop runs outside any async context we can block on, so use a private runtime.
     let admin = admin_url();
     let _ = std::thread::spawn(move || {
