@@ -4,18 +4,43 @@
 //! thread, so a request never waits on the terminal, a pipe or a disk, and lines that pile
 //! up while it writes go out together in one write. Colours are used only on a terminal.
 
-use std::io::IsTerminal;
+use std::{
+    cell::RefCell,
+    fmt::Write as _,
+    future::Future,
+    io::{BufWriter, IsTerminal},
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
+use axum::extract::MatchedPath;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::{Span, field::Field};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{
+    EnvFilter,
+    field::{RecordFields, Visit, VisitOutput},
+    fmt::{
+        self, FormatFields,
+        format::{DefaultVisitor, Writer},
+        time::FormatTime,
+    },
+    prelude::*,
+};
 
-use crate::config::LogFormat;
+use crate::{config::LogFormat, http::request_id};
 
 /// Filter used when `RUST_LOG` is not set.
 const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=warn";
 
 /// Lines waiting for the writer thread at most.
 const LOG_QUEUE_LINES: usize = 4096;
+
+/// Bytes of log lines gathered before a write to stdout.
+const STDOUT_BUFFER: usize = 64 * 1024;
 
 /// Flushes the lines still queued for stdout when dropped; keep it until the process ends.
 #[must_use = "dropping the guard stops the log writer"]
@@ -35,7 +60,9 @@ pub fn init(format: LogFormat) -> LogGuard {
         .lossy(false)
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("keel-log")
-        .finish(std::io::stdout());
+        // Buffered: the writer thread flushes after draining the queue, so the lines that
+        // piled up go out in one write instead of one write per line.
+        .finish(BufWriter::with_capacity(STDOUT_BUFFER, std::io::stdout()));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
@@ -49,10 +76,235 @@ pub fn init(format: LogFormat) -> LogGuard {
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(fmt::layer().with_ansi(ansi).with_writer(writer))
+            .with(
+                fmt::layer()
+                    .with_ansi(ansi)
+                    .with_timer(CachedSecondTime)
+                    .fmt_fields(PlainFields)
+                    .with_writer(writer),
+            )
             .try_init(),
     };
     LogGuard {
         _writer: result.is_ok().then_some(guard),
+    }
+}
+
+/// tracing-subscriber's RFC 3339 timestamp (`2026-01-31T12:34:56.123456Z`), with the part
+/// up to the second formatted once a second per thread instead of on every line.
+#[derive(Debug, Clone, Copy)]
+struct CachedSecondTime;
+
+impl FormatTime for CachedSecondTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        thread_local! {
+            static SECOND: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+        }
+        let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) else {
+            return fmt::time::SystemTime.format_time(w);
+        };
+        let secs = now.as_secs();
+        SECOND.with_borrow_mut(|(cached, text)| {
+            if *cached != secs || text.is_empty() {
+                let Some(time) = i64::try_from(secs)
+                    .ok()
+                    .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+                else {
+                    return fmt::time::SystemTime.format_time(w);
+                };
+                text.clear();
+                write!(text, "{}", time.format("%Y-%m-%dT%H:%M:%S"))?;
+                *cached = secs;
+            }
+            write!(w, "{text}.{:06}Z", now.subsec_micros())
+        })
+    }
+}
+
+/// tracing-subscriber's `name=value` field format, with a shortcut for the common values
+/// (plain strings and integers) that skips its escaping and styling machinery; everything
+/// else (messages, errors, `Debug` values, strings with quotes or control characters) is
+/// handed to tracing-subscriber's own visitor, so escaping is unchanged where it matters.
+#[derive(Debug, Clone, Copy)]
+struct PlainFields;
+
+impl<'w> FormatFields<'w> for PlainFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        let mut visitor = PlainVisitor {
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct PlainVisitor<'w> {
+    writer: Writer<'w>,
+    is_empty: bool,
+    result: std::fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    /// Whether `field` can take the shortcut: a plain name, no styling to apply.
+    fn is_plain(&self, field: &Field) -> bool {
+        let name = field.name();
+        !self.writer.has_ansi_escapes()
+            && name != "message"
+            && !name.starts_with("r#")
+            && !name.starts_with("log.")
+    }
+
+    fn write(&mut self, field: &Field, value: std::fmt::Arguments<'_>) {
+        if self.result.is_ok() {
+            let pad = if self.is_empty { "" } else { " " };
+            self.result = write!(self.writer, "{pad}{}={value}", field.name());
+            self.is_empty = false;
+        }
+    }
+
+    fn delegate(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        // Metadata of events bridged from `log`, which the default visitor skips too.
+        if self.result.is_ok() && !field.name().starts_with("log.") {
+            let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+            record(&mut visitor);
+            self.result = visitor.finish();
+            self.is_empty = false;
+        }
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // Exactly what `{:?}` prints for strings that need no escaping.
+        let plain = value
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+        if plain && self.is_plain(field) {
+            self.write(field, format_args!("\"{value}\""));
+        } else {
+            self.delegate(field, |v| v.record_str(field, value));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.is_plain(field) {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.delegate(field, |v| v.record_u64(field, value));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.is_plain(field) {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.delegate(field, |v| v.record_i64(field, value));
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.is_plain(field) {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.delegate(field, |v| v.record_bool(field, value));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.delegate(field, |v| v.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.delegate(field, |v| v.record_debug(field, value));
+    }
+}
+
+/// Logs one "request finished" line per request (method, route, request id, status,
+/// latency) and runs the request inside a `request` span carrying the same fields, so
+/// every line logged while handling it names the request.
+///
+/// Hand-written rather than tower-http's `TraceLayer`, which also wraps the response body
+/// and enters the span again on each of its frames; here the span is entered only while
+/// the service call and its future are polled, and the body goes out untouched.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestLogLayer;
+
+impl<S> Layer<S> for RequestLogLayer {
+    type Service = RequestLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestLog { inner }
+    }
+}
+
+/// The service of [`RequestLogLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestLog<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for RequestLog<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestLogFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let span = request_span(&request);
+        let inner = span.in_scope(|| self.inner.call(request));
+        RequestLogFuture { inner, span, start }
+    }
+}
+
+fn request_span<B>(request: &Request<B>) -> Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("<unmatched>", MatchedPath::as_str);
+    tracing::info_span!(
+        "request",
+        method = request.method().as_str(),
+        route,
+        request_id = request_id::of(request),
+    )
+}
+
+pin_project! {
+    /// The response future of [`RequestLog`].
+    pub struct RequestLogFuture<F> {
+        #[pin]
+        inner: F,
+        span: Span,
+        start: Instant,
+    }
+}
+
+impl<F, RB, E> Future for RequestLogFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let result = ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            tracing::info!(
+                status = response.status().as_u16(),
+                latency_ms = this.start.elapsed().as_secs_f64() * 1000.0,
+                "request finished"
+            );
+        }
+        Poll::Ready(result)
     }
 }

@@ -5,23 +5,106 @@
 //! (unknown route, wrong method, timeout, body limit) arrive as a bare status. Both leave
 //! here as a problem document with the request id.
 
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
 use axum::{
     body::Body,
-    extract::Request,
-    middleware::Next,
     response::{IntoResponse, Response},
 };
-use http::{HeaderValue, header};
+use http::{HeaderValue, Request, Uri, header};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tower_http::request_id::RequestId;
 
 use crate::error::{PROBLEM_JSON, Problem};
 
-use super::request_id;
+/// Renders every 4xx/5xx response of the wrapped service as a problem document.
+///
+/// A hand-written layer rather than `axum::middleware::from_fn`: this runs on every
+/// request, and `from_fn` boxes a future and clones the inner service each time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProblemLayer;
 
-/// Middleware: renders every 4xx/5xx response as a problem document.
-pub async fn render(request: Request, next: Next) -> Response {
-    let request_id = request_id::of(&request).to_owned();
-    let instance = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
+impl<S> Layer<S> for ProblemLayer {
+    type Service = RenderProblems<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RenderProblems { inner }
+    }
+}
+
+/// The service of [`ProblemLayer`].
+#[derive(Debug, Clone)]
+pub struct RenderProblems<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for RenderProblems<S>
+where
+    S: Service<Request<B>, Response = http::Response<RB>>,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = RenderFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // Reference-counted handles, not copies: most responses never need them.
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.header_value().clone());
+        let uri = request.uri().clone();
+        RenderFuture {
+            inner: self.inner.call(request),
+            request_id,
+            uri,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RenderProblems`].
+    pub struct RenderFuture<F> {
+        #[pin]
+        inner: F,
+        request_id: Option<HeaderValue>,
+        uri: Uri,
+    }
+}
+
+impl<F, RB, E> Future for RenderFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?.map(Body::new);
+        let request_id = this
+            .request_id
+            .as_ref()
+            .and_then(|id| id.to_str().ok())
+            .unwrap_or_default();
+        Poll::Ready(Ok(render(response, request_id, this.uri.path())))
+    }
+}
+
+/// Turns an error response into a problem document quoting `request_id` and `instance`;
+/// leaves other responses and finished problem documents as they are.
+fn render(mut response: Response, request_id: &str, instance: &str) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
@@ -33,8 +116,8 @@ pub async fn render(request: Request, next: Next) -> Response {
         .extensions_mut()
         .remove::<Problem>()
         .unwrap_or_else(|| default_problem(status));
-    problem.instance = Some(instance);
-    problem.request_id = Some(request_id);
+    problem.instance = Some(instance.to_owned());
+    problem.request_id = Some(request_id.to_owned());
     let bytes = match serde_json::to_vec(&problem) {
         Ok(bytes) => bytes,
         Err(_) => return status.into_response(),

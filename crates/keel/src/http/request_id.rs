@@ -16,8 +16,10 @@ pub struct MakeUuidV7;
 
 impl MakeRequestId for MakeUuidV7 {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        let id = uuid::Uuid::now_v7().hyphenated().to_string();
-        http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+        // Formatted on the stack: the header value is the only allocation.
+        let mut buf = [0; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        http::HeaderValue::from_str(id).ok().map(RequestId::new)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::{Router, extract::DefaultBodyLimit, extract::MatchedPath, extract::Request, middleware};
+use axum::{Router, extract::DefaultBodyLimit};
 use http::{HeaderValue, Method, StatusCode, header};
 use tower::ServiceBuilder;
 use tower_http::{
@@ -15,20 +15,29 @@ use tower_http::{
     limit::RequestBodyLimitLayer,
     request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
-    trace::TraceLayer,
 };
-use tracing::Span;
 
-use crate::{config::Config, error::ApiError};
+use crate::{config::Config, error::ApiError, telemetry::RequestLogLayer};
 
-use super::{problem, request_id, security_headers};
+use super::{problem::ProblemLayer, request_id, security_headers};
 
 /// Wraps every route of `router` in keel's middleware, outermost first:
 /// request id → request log → problem rendering → security headers → CORS →
 /// compression → panic catcher → body limit → timeout.
 pub fn apply(router: Router, config: &Config) -> Router {
-    // Router::layer wraps what it is given, so the inner part goes on first.
-    let inner = ServiceBuilder::new()
+    // One `Router::layer` call: each call boxes every route once more, and a boxed
+    // route is cloned and its future boxed again on every request.
+    let stack = ServiceBuilder::new()
+        .map_request(request_id::drop_insane)
+        .layer(SetRequestIdLayer::new(
+            request_id::X_REQUEST_ID,
+            request_id::MakeUuidV7,
+        ))
+        .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
+        .layer(RequestLogLayer)
+        .layer(ProblemLayer)
+        .map_response(security_headers::add)
+        .option_layer(cors(config))
         .layer(CompressionLayer::new().compress_when(compressible()))
         .layer(CatchPanicLayer::custom(panic_to_problem))
         .layer(RequestBodyLimitLayer::new(config.body_limit))
@@ -37,27 +46,7 @@ pub fn apply(router: Router, config: &Config) -> Router {
             config.request_timeout(),
         ))
         .layer(DefaultBodyLimit::max(config.body_limit));
-    let mut router = router.layer(inner);
-    if let Some(cors) = cors(config) {
-        router = router.layer(cors);
-    }
-    let outer = ServiceBuilder::new()
-        .map_request(request_id::drop_insane)
-        .layer(SetRequestIdLayer::new(
-            request_id::X_REQUEST_ID,
-            request_id::MakeUuidV7,
-        ))
-        .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(make_span)
-                .on_request(())
-                .on_response(on_response)
-                .on_failure(()),
-        )
-        .layer(middleware::from_fn(problem::render))
-        .layer(middleware::map_response(security_headers::add));
-    router.layer(outer)
+    router.layer(stack)
 }
 
 /// A response extension telling the compression layer to send the body as it is: set by a
@@ -91,27 +80,6 @@ impl Predicate for Unmarked {
     {
         response.extensions().get::<NoCompression>().is_none()
     }
-}
-
-fn make_span(request: &Request) -> Span {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("<unmatched>", MatchedPath::as_str);
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        route,
-        request_id = request_id::of(request),
-    )
-}
-
-fn on_response<B>(response: &http::Response<B>, latency: Duration, _: &Span) {
-    tracing::info!(
-        status = response.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        "request finished"
-    );
 }
 
 fn panic_to_problem(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
