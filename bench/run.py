@@ -133,8 +133,9 @@ WORKLOADS: list[Workload] = [
                          f"now(), now()) RETURNING {USER_COLS};\n"),
     Workload("cold_start", "process start to the first 200 from /livez (polled every 1 ms).",
              kind="cold_start", servers={"keel", "express", "fastify", "fastapi", "hyper-bare"}),
-    Workload("memory", "idle RSS (after start, before load) and peak RSS (whole run), summed "
-             "over the server's process tree.", kind="memory"),
+    Workload("memory", "idle RSS (after start, before load), its private anonymous part "
+             "(RssAnon: heap and stacks, without code pages shared with the page cache) and "
+             "peak RSS (whole run), summed over the server's process tree.", kind="memory"),
 ]
 WL = {w.name: w for w in WORKLOADS}
 
@@ -270,12 +271,14 @@ def tree_pids(root: int) -> set[int]:
     return {p for p in pids if p in parent}
 
 
-def tree_rss_kb(root: int) -> int:
+def tree_rss_kb(root: int, field: str = "VmRSS:") -> int:
+    """Resident kB of a process tree; field "RssAnon:" counts only private anonymous memory
+    (heap, stacks), without the executable's and libraries' pages shared with the page cache."""
     total = 0
     for pid in tree_pids(root):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     total += int(line.split()[1])
                     break
         except OSError:
@@ -430,7 +433,6 @@ SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid,
        'user' || g || '@bench.example', 'Bench User ' || g, 1,
        now() - make_interval(secs => {PRELOAD_ROWS} - g), now() - make_interval(secs => {PRELOAD_ROWS} - g)
 FROM generate_series(0, {PRELOAD_ROWS - 1}) AS g;
-ANALYZE users;
 """
 
 
@@ -443,7 +445,9 @@ class Database:
             self.name = f"keel_bench_{label.replace('-', '_')}_{os.getpid()}"
             psql(f'DROP DATABASE IF EXISTS "{self.name}"')
             psql(f'CREATE DATABASE "{self.name}"')
-            self.url = f"{PG_ADMIN}/{self.name}"
+            # Loopback: every server and pgbench talk to PostgreSQL in clear text (libpq-based
+            # clients and asyncpg would otherwise negotiate TLS, Node's pg would not).
+            self.url = f"{PG_ADMIN}/{self.name}?sslmode=disable"
             self.env = {"DATABASE_URL": self.url}
         elif kind == "sqlite":
             data = tmp / f"sqlite-{label}"
@@ -464,6 +468,10 @@ class Database:
         """100k users with known ids; returns the context for list_deep (cursor and id)."""
         assert self.kind == "pg"
         psql(PRELOAD_SQL, self.name)
+        # Settle the new rows now (visibility map, statistics, dirty pages on disk), so that
+        # autovacuum and the checkpointer do not take the server's core during the runs.
+        psql("VACUUM (ANALYZE) users", self.name)
+        psql("CHECKPOINT", self.name)
         deep_id = psql("SELECT id FROM users ORDER BY id DESC OFFSET 89999 LIMIT 1", self.name)
         raw = b"k1" + bytes.fromhex(deep_id.replace("-", ""))
         return {"deep_id": deep_id,
@@ -883,6 +891,7 @@ def bench_server(srv: Server, ctx: Context, workloads: list[Workload]) -> dict:
             raise RuntimeError(f"did not answer /livez: {log_tail(ctx, srv.name)}")
         time.sleep(1.0)
         out["idle_rss_mb"] = round(tree_rss_kb(proc.pid) / 1024, 1)
+        out["idle_anon_mb"] = round(tree_rss_kb(proc.pid, "RssAnon:") / 1024, 1)
         sampler = RssSampler(proc.pid)
         sampler.start()
         for w in workloads:
@@ -931,7 +940,7 @@ def pgbench_run(db: str, script: Path, conns: int, duration: float, rate: float 
         for f in logdir.glob("pgb*"):
             f.unlink()
         cmd += ["-R", str(rate), "-l", "--log-prefix", str(logdir / "pgb")]
-    r = sh([*cmd, f"{PG_ADMIN}/{db}"], secs + 120, cwd=logdir)
+    r = sh([*cmd, f"{PG_ADMIN}/{db}?sslmode=disable"], secs + 120, cwd=logdir)
     if r.returncode:
         raise RuntimeError(f"pgbench: {(r.stderr or r.stdout).strip()[-300:]}")
     ok = failed = 0
@@ -1168,8 +1177,10 @@ def render_markdown(results: dict, table: dict) -> str:
         lines.append("")
     if "memory" in results["workloads"]:
         lines += ["## memory", "", WL["memory"].doc, "",
-                  "| server | idle RSS MB | peak RSS MB |", "|---|---:|---:|"]
-        lines += [f"| {s['server']} | {fmt(s.get('idle_rss_mb'))} | {fmt(s.get('peak_rss_mb'))} |"
+                  "| server | idle RSS MB | idle private (RssAnon) MB | peak RSS MB |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {s['server']} | {fmt(s.get('idle_rss_mb'))} | {fmt(s.get('idle_anon_mb'))} "
+                  f"| {fmt(s.get('peak_rss_mb'))} |"
                   for s in results["servers"] if "idle_rss_mb" in s]
         lines.append("")
     failed = [s for s in results["servers"] if s.get("error")]
@@ -1324,14 +1335,16 @@ def main() -> int:
     results["table"] = table
     md = render_markdown(results, table) + f"\n_elapsed: {results['elapsed_s']} s_\n"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.md").write_text(md)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    # A run of some servers or workloads must not replace the published full table.
+    name = "partial" if args.only or args.workloads else "latest"
+    (RESULTS / f"{name}.md").write_text(md)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str))
     try:
-        render_chart(table, RESULTS / "latest.png")
+        render_chart(table, RESULTS / f"{name}.png")
     except Exception as e:
         log(f"chart failed: {e}")
     print(md)
-    log(f"wrote {RESULTS / 'latest.md'}, latest.json, latest.png")
+    log(f"wrote {RESULTS / name}.md, {name}.json, {name}.png")
     return 0
 
 

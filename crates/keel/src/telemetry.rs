@@ -5,31 +5,20 @@
 //! up while it writes go out together in one write. Colours are used only on a terminal.
 
 use std::{
-    cell::RefCell,
-    fmt::Write as _,
     future::Future,
     io::{BufWriter, IsTerminal},
     pin::Pin,
     task::{Context, Poll, ready},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
 use axum::extract::MatchedPath;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
-use tracing::{Span, field::Field};
+use tracing::Span;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::{
-    EnvFilter,
-    field::{RecordFields, Visit, VisitOutput},
-    fmt::{
-        self, FormatFields,
-        format::{DefaultVisitor, Writer},
-        time::FormatTime,
-    },
-    prelude::*,
-};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::{config::LogFormat, http::request_id};
 
@@ -76,148 +65,11 @@ pub fn init(format: LogFormat) -> LogGuard {
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_ansi(ansi)
-                    .with_timer(CachedSecondTime)
-                    .fmt_fields(PlainFields)
-                    .with_writer(writer),
-            )
+            .with(fmt::layer().with_ansi(ansi).with_writer(writer))
             .try_init(),
     };
     LogGuard {
         _writer: result.is_ok().then_some(guard),
-    }
-}
-
-/// tracing-subscriber's RFC 3339 timestamp (`2026-01-31T12:34:56.123456Z`), with the part
-/// up to the second formatted once a second per thread instead of on every line.
-#[derive(Debug, Clone, Copy)]
-struct CachedSecondTime;
-
-impl FormatTime for CachedSecondTime {
-    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
-        thread_local! {
-            static SECOND: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
-        }
-        let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) else {
-            return fmt::time::SystemTime.format_time(w);
-        };
-        let secs = now.as_secs();
-        SECOND.with_borrow_mut(|(cached, text)| {
-            if *cached != secs || text.is_empty() {
-                let Some(time) = i64::try_from(secs)
-                    .ok()
-                    .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
-                else {
-                    return fmt::time::SystemTime.format_time(w);
-                };
-                text.clear();
-                write!(text, "{}", time.format("%Y-%m-%dT%H:%M:%S"))?;
-                *cached = secs;
-            }
-            write!(w, "{text}.{:06}Z", now.subsec_micros())
-        })
-    }
-}
-
-/// tracing-subscriber's `name=value` field format, with a shortcut for the common values
-/// (plain strings and integers) that skips its escaping and styling machinery; everything
-/// else (messages, errors, `Debug` values, strings with quotes or control characters) is
-/// handed to tracing-subscriber's own visitor, so escaping is unchanged where it matters.
-#[derive(Debug, Clone, Copy)]
-struct PlainFields;
-
-impl<'w> FormatFields<'w> for PlainFields {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
-        let mut visitor = PlainVisitor {
-            writer,
-            is_empty: true,
-            result: Ok(()),
-        };
-        fields.record(&mut visitor);
-        visitor.result
-    }
-}
-
-struct PlainVisitor<'w> {
-    writer: Writer<'w>,
-    is_empty: bool,
-    result: std::fmt::Result,
-}
-
-impl PlainVisitor<'_> {
-    /// Whether `field` can take the shortcut: a plain name, no styling to apply.
-    fn is_plain(&self, field: &Field) -> bool {
-        let name = field.name();
-        !self.writer.has_ansi_escapes()
-            && name != "message"
-            && !name.starts_with("r#")
-            && !name.starts_with("log.")
-    }
-
-    fn write(&mut self, field: &Field, value: std::fmt::Arguments<'_>) {
-        if self.result.is_ok() {
-            let pad = if self.is_empty { "" } else { " " };
-            self.result = write!(self.writer, "{pad}{}={value}", field.name());
-            self.is_empty = false;
-        }
-    }
-
-    fn delegate(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
-        // Metadata of events bridged from `log`, which the default visitor skips too.
-        if self.result.is_ok() && !field.name().starts_with("log.") {
-            let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
-            record(&mut visitor);
-            self.result = visitor.finish();
-            self.is_empty = false;
-        }
-    }
-}
-
-impl Visit for PlainVisitor<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        // Exactly what `{:?}` prints for strings that need no escaping.
-        let plain = value
-            .bytes()
-            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
-        if plain && self.is_plain(field) {
-            self.write(field, format_args!("\"{value}\""));
-        } else {
-            self.delegate(field, |v| v.record_str(field, value));
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.is_plain(field) {
-            self.write(field, format_args!("{value}"));
-        } else {
-            self.delegate(field, |v| v.record_u64(field, value));
-        }
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.is_plain(field) {
-            self.write(field, format_args!("{value}"));
-        } else {
-            self.delegate(field, |v| v.record_i64(field, value));
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.is_plain(field) {
-            self.write(field, format_args!("{value}"));
-        } else {
-            self.delegate(field, |v| v.record_bool(field, value));
-        }
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.delegate(field, |v| v.record_error(field, value));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.delegate(field, |v| v.record_debug(field, value));
     }
 }
 
