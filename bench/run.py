@@ -124,8 +124,9 @@ WORKLOADS: list[Workload] = [
              f"saturates /compute/matmul?n={MATMUL_N}.",
              kind="responsive", path="/livez", conns=8, rate=200,
              servers={"keel", "express", "fastify", "fastapi"}),
-    Workload("create", "POST /users with a unique e-mail per request (harness's asyncio "
-             "client; oha cannot send distinct bodies).",
+    Workload("create", "POST /users with a unique e-mail per request (oha cannot send "
+             "distinct bodies: wrk with bench/create.lua for req/s, the harness's asyncio "
+             "client for the fixed-rate latency).",
              method="POST", path="/users", body=create_body, conns=16, rate=200,
              servers={"keel", "express", "fastify", "fastapi"}, limit="pgbench",
              pgbench_sql=f"INSERT INTO users ({USER_COLS}) VALUES (gen_random_uuid(), "
@@ -316,6 +317,7 @@ class RssSampler(threading.Thread):
 
 class Tools:
     oha = "oha"
+    wrk = "wrk"
     oha_json: list[str] = ["--output-format", "json"]
     oha_wait: list[str] = ["-w"]
     nginx: str | None = None
@@ -345,6 +347,9 @@ def ensure_tools(need_pg: bool, need_nginx: bool) -> None:
     Tools.oha_wait = ["-w"] if "wait-ongoing-requests-after-deadline" in helptext else []
     if "--latency-correction" not in helptext:
         raise SystemExit("bench: this oha has no --latency-correction; cargo install oha --locked")
+    if not shutil.which("wrk"):
+        apt_install("wrk")
+    Tools.wrk = shutil.which("wrk") or "wrk"
     if PINNED is False or not shutil.which("taskset"):
         log("note: fewer than 2 CPUs (or no taskset): server and load generator are not pinned")
     if need_pg:
@@ -676,8 +681,35 @@ def expand(text: str, ctx_vars: dict) -> str:
     return text
 
 
+def run_wrk(port: int, w: Workload, duration: float) -> dict:
+    """Per-request bodies at full speed: wrk with bench/create.lua (the Python client, sharing
+    its core with PostgreSQL, tops out near 7k requests/s and would measure itself)."""
+    tag = f"w{os.getpid()}x{random.getrandbits(32):08x}"
+    cmd = [*LOADGEN_CPU, Tools.wrk, "-t1", f"-c{w.conns}", f"-d{max(1, round(duration))}s",
+           "-s", str(BENCH / "create.lua"), f"http://127.0.0.1:{port}", "--", tag]
+    r = sh(cmd, duration + 60)
+    if r.returncode:
+        raise RuntimeError(f"wrk exited {r.returncode}: {r.stderr.strip()[-300:]}")
+    total = secs = None
+    non2xx = errors = 0
+    for line in r.stdout.splitlines():
+        line = line.strip()
+        if " requests in " in line:
+            total = int(line.split()[0])
+            secs = float(line.split(" requests in ")[1].split("s")[0])
+        elif line.startswith("Non-2xx or 3xx responses:"):
+            non2xx = int(line.split(":")[1])
+        elif line.startswith("Socket errors:"):
+            errors = sum(int(part.split()[-1]) for part in line.split(":")[1].split(","))
+    if total is None or not secs:
+        raise RuntimeError(f"wrk: cannot read its output: {r.stdout.strip()[-300:]}")
+    return summarize(total - non2xx, non2xx, errors, secs, None)
+
+
 def load(port: int, w: Workload, duration: float, rate: float | None, ctx_vars: dict) -> dict:
     if callable(w.body):
+        if rate is None:
+            return run_wrk(port, w, duration)
         return run_client(port, w, duration, rate)
     url = f"http://127.0.0.1:{port}" + expand(w.path, ctx_vars)
     return run_oha(url, w, duration, rate)
@@ -1311,8 +1343,9 @@ def main() -> int:
                                 mode.lat_duration, "warmup_s": mode.warmup,
                                 "repeats": mode.repeats, "cold_start_runs": mode.cold_runs,
                                 "preload_rows": PRELOAD_ROWS, "matmul_n": MATMUL_N,
-                                "create_client": "bench/run.py asyncio HTTP/1.1 client "
-                                                 "(keep-alive; open-loop schedule for latency)",
+                                "create_client": "saturation: wrk -t1 with bench/create.lua; "
+                                                 "latency: bench/run.py asyncio HTTP/1.1 client "
+                                                 "(keep-alive; open-loop schedule)",
                                 "loadgen": "oha"},
                      "machine": machine_info(), "workloads": [w.name for w in workloads],
                      "servers": [], "limits": {}, "skipped": skipped}

@@ -1,0 +1,19 @@
+-- wrk script for the create workload's saturation runs: POST /users with a unique user per
+-- request, the same body as run.py's create_body(). Run with one wrk thread (-t1), so the
+-- counter is unique; the first script argument is the run's tag (wrk ... -- TAG).
+local counter = 0
+local tag = "wrk"
+
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+
+function init(args)
+  if args[1] then tag = args[1] end
+end
+
+function request()
+  counter = counter + 1
+  local body = string.format('{"email":"u%s-%d@bench.example","name":"Bench User %d"}',
+                             tag, counter, counter)
+  return wrk.format(nil, "/users", nil, body)
+end
