@@ -18,6 +18,17 @@ const CONVENTIONAL_ENV: [&str; 4] = ["host", "port", "database_url", "log_format
 /// `KEEL_*` variables that are not settings of the server (the CLI and the test suite read them).
 const NOT_SETTINGS: [&str; 3] = ["config", "require_services", "test_database_url"];
 
+/// Where keel runs: production refuses to start on generated keys or placeholder secrets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// A developer's machine: missing keys are generated under `data_dir`.
+    #[default]
+    Development,
+    /// A deployment: every secret must be configured, none may be a placeholder.
+    Production,
+}
+
 /// Output format of the log lines.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,6 +77,47 @@ pub struct Config {
     /// Origins allowed by CORS (a list, or one comma-separated string); empty means CORS is off.
     #[serde(deserialize_with = "list_or_csv")]
     pub cors_allowed_origins: Vec<String>,
+    /// `development` (the default) or `production`.
+    pub environment: Environment,
+    /// PEM file with the Ed25519 private key (PKCS#8) that signs access tokens; generated
+    /// under `data_dir` when unset (development only).
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// PEM files with keys of earlier rotations (public or private): tokens they signed are
+    /// still accepted, and their public parts stay in the JWKS.
+    #[serde(deserialize_with = "paths_or_csv")]
+    pub jwt_previous_key_files: Vec<PathBuf>,
+    /// `iss` of the tokens keel issues and accepts.
+    pub jwt_issuer: String,
+    /// `aud` of the tokens keel issues and accepts.
+    pub jwt_audience: String,
+    /// Lifetime of an access token, in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token (and of the session it belongs to), in seconds.
+    pub refresh_token_ttl_secs: u64,
+    /// Argon2id memory cost, in KiB (OWASP: 19456 with 2 passes).
+    pub password_hash_memory_kib: u32,
+    /// Argon2id passes.
+    pub password_hash_iterations: u32,
+    /// An admin created at start-up when no account has this e-mail yet.
+    pub bootstrap_admin_email: Option<String>,
+    /// The bootstrap admin's name.
+    pub bootstrap_admin_name: String,
+    /// The bootstrap admin's password.
+    #[serde(skip_serializing)]
+    pub bootstrap_admin_password: Option<SecretString>,
+    /// Requests per minute one client may make to any route (0: no limit).
+    pub rate_limit_per_minute: u32,
+    /// Requests per minute one client may make to login, register and refresh (0: no limit).
+    pub auth_rate_limit_per_minute: u32,
+    /// Failed logins an account may have within `login_failure_window_secs` before
+    /// further attempts are refused (0: no limit).
+    pub login_failure_limit: u32,
+    /// The window of `login_failure_limit`, in seconds.
+    pub login_failure_window_secs: u64,
+    /// Addresses or CIDR ranges of proxies whose `X-Forwarded-For` is trusted; empty means
+    /// the client is the socket's peer.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Config {
@@ -86,6 +138,23 @@ impl Default for Config {
             compute_threads: 0,
             compute_queue: 32,
             cors_allowed_origins: Vec::new(),
+            environment: Environment::Development,
+            jwt_private_key_file: None,
+            jwt_previous_key_files: Vec::new(),
+            jwt_issuer: "keel".to_owned(),
+            jwt_audience: "keel-api".to_owned(),
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 60 * 60,
+            password_hash_memory_kib: 19 * 1024,
+            password_hash_iterations: 2,
+            bootstrap_admin_email: None,
+            bootstrap_admin_name: "Administrator".to_owned(),
+            bootstrap_admin_password: None,
+            rate_limit_per_minute: 1200,
+            auth_rate_limit_per_minute: 20,
+            login_failure_limit: 5,
+            login_failure_window_secs: 15 * 60,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -197,6 +266,16 @@ fn describe(error: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// [`list_or_csv`] for paths.
+fn paths_or_csv<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<PathBuf>, D::Error> {
+    Ok(list_or_csv(deserializer)?
+        .into_iter()
+        .map(PathBuf::from)
+        .collect())
 }
 
 /// Accepts `["a", "b"]` (TOML) as well as `a,b` (an environment variable).

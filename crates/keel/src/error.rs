@@ -169,6 +169,27 @@ pub enum ApiError {
         /// Seconds to wait, sent as `Retry-After`.
         retry_after_secs: u64,
     },
+    /// Missing or invalid credentials (401, with `WWW-Authenticate`).
+    #[error("{detail}")]
+    Unauthorized {
+        /// Problem type URI.
+        kind: &'static str,
+        /// Explanation.
+        detail: &'static str,
+        /// The `WWW-Authenticate` challenge.
+        challenge: &'static str,
+    },
+    /// Authenticated, but not allowed to do this (403).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Too many requests from this client or for this account (429, with `Retry-After`).
+    #[error("{detail}")]
+    TooManyRequests {
+        /// Explanation.
+        detail: &'static str,
+        /// Seconds to wait, sent as `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// An `If-Match` precondition failed (412).
     #[error("precondition failed")]
     PreconditionFailed,
@@ -245,6 +266,24 @@ impl ApiError {
                 title,
                 detail,
             } => Problem::typed(StatusCode::CONFLICT, kind, title, detail.clone()),
+            Self::Unauthorized { kind, detail, .. } => Problem::typed(
+                StatusCode::UNAUTHORIZED,
+                kind,
+                "Unauthorized",
+                (*detail).to_owned(),
+            ),
+            Self::Forbidden(detail) => Problem::typed(
+                StatusCode::FORBIDDEN,
+                "/problems/forbidden",
+                "Forbidden",
+                (*detail).to_owned(),
+            ),
+            Self::TooManyRequests { detail, .. } => Problem::typed(
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/rate-limited",
+                "Too many requests",
+                (*detail).to_owned(),
+            ),
             Self::PreconditionFailed => Problem::typed(
                 StatusCode::PRECONDITION_FAILED,
                 "/problems/precondition-failed",
@@ -273,13 +312,24 @@ impl IntoResponse for ApiError {
         }
         let problem = self.problem();
         let mut response = problem.status_code().into_response();
-        if let Self::Unavailable {
-            retry_after_secs, ..
-        } = &self
-        {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, (*retry_after_secs).into());
+        match &self {
+            Self::Unavailable {
+                retry_after_secs, ..
+            }
+            | Self::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            Self::Unauthorized { challenge, .. } => {
+                response.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static(challenge),
+                );
+            }
+            _ => {}
         }
         response.extensions_mut().insert(problem);
         response
