@@ -25,10 +25,21 @@ pub enum Backend {
     Postgres,
 }
 
-/// A running keel and a client for it.
+/// The e-mail address of the admin every test server starts with.
+pub const ADMIN_EMAIL: &str = "admin@keel.test";
+/// That admin's password.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// A running keel and clients for it.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Sends the bootstrap admin's access token with every request (a request's own
+    /// `Authorization` header takes precedence).
     pub client: reqwest::Client,
+    /// Sends no credentials.
+    pub anon: reqwest::Client,
+    /// The bootstrap admin's access token.
+    pub admin_token: String,
     pub backend: Backend,
     pub data_dir: PathBuf,
     shutdown: Shutdown,
@@ -110,6 +121,12 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
         port: 0,
         data_dir: data_dir.to_path_buf(),
         database_max_connections: 5,
+        bootstrap_admin_email: Some(ADMIN_EMAIL.to_owned()),
+        bootstrap_admin_password: Some(SecretString::from(ADMIN_PASSWORD)),
+        // Hashing as in production would make every login of the suite slow; the
+        // parameters' effect is tested where it matters.
+        password_hash_memory_kib: 1024,
+        password_hash_iterations: 1,
         ..Config::default()
     }
 }
@@ -134,13 +151,28 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> O
     let addr = server.local_addr().expect("bound address");
     let shutdown = server.shutdown_handle();
     let handle = tokio::spawn(server.run());
+    let anon = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    let admin_token = login(&anon, addr, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {admin_token}")
+            .parse()
+            .expect("token is a header value"),
+    );
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
         .build()
         .expect("http client");
     Some(TestApp {
         addr,
         client,
+        anon,
+        admin_token,
         backend,
         data_dir: dir.path().to_path_buf(),
         shutdown,
@@ -148,6 +180,22 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> O
         _dir: dir,
         pg_database,
     })
+}
+
+/// Logs in at `addr` and returns the access token; panics unless the answer is 200.
+pub async fn login(client: &reqwest::Client, addr: SocketAddr, email: &str, password: &str) -> String {
+    let response = client
+        .post(format!("http://{addr}/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("login request sent");
+    assert_eq!(response.status(), 200, "logging in as {email}");
+    let body: Value = response.json().await.expect("token JSON");
+    body["access_token"]
+        .as_str()
+        .expect("access_token is a string")
+        .to_owned()
 }
 
 impl TestApp {
