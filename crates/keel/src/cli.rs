@@ -1,10 +1,21 @@
-//! The command line: `keel [serve]`, `keel migrate`, `keel openapi`.
+//! The command line: `keel [serve]`, `keel migrate`, `keel openapi`, `keel admin create`.
 
-use std::path::PathBuf;
+use std::{io::BufRead, io::IsTerminal, path::PathBuf};
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
 
-use crate::{config::Config, db::Db, server, telemetry};
+use crate::{
+    audit::AuditLog,
+    auth::{
+        bootstrap::{CreateAdminError, create_admin},
+        password::PasswordHasher,
+    },
+    config::Config,
+    db::Db,
+    server, telemetry,
+    users::store::UserStore,
+};
 
 /// keel: a production backend service.
 #[derive(Debug, Parser)]
@@ -27,6 +38,28 @@ pub enum Command {
     Migrate,
     /// Print the OpenAPI document (as served at /openapi.json) and exit.
     Openapi,
+    /// Manage accounts.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `keel admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create an admin account. The password is read from a prompt, or from the first line
+    /// of standard input when it is not a terminal.
+    Create(CreateAdmin),
+}
+
+/// `keel admin create`
+#[derive(Debug, Args)]
+pub struct CreateAdmin {
+    /// The admin's e-mail address.
+    #[arg(long)]
+    pub email: String,
+    /// The admin's display name.
+    #[arg(long)]
+    pub name: String,
 }
 
 /// Runs the parsed command line. Returns the process exit code.
@@ -54,6 +87,14 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
+        Command::Admin(AdminCommand::Create(args)) => match admin_create(config, args).await {
+            // The message says what to fix; no log line needed.
+            Err(error) if error.downcast_ref::<CreateAdminError>().is_some() => {
+                eprintln!("keel: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+            other => other,
+        },
         Command::Openapi => Ok(()),
     };
     match result {
@@ -87,5 +128,33 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     db.migrate().await?;
     tracing::info!(database = db.backend(), "migrations applied");
     db.close().await;
+    Ok(())
+}
+
+/// Reads the password: from a prompt on a terminal, else the first line of standard input.
+fn read_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("Password (12-128 characters): ")
+            .context("cannot read the password");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn admin_create(config: Config, args: CreateAdmin) -> anyhow::Result<()> {
+    let password = read_password()?;
+    let db = Db::connect(&config).await?;
+    db.migrate().await?;
+    let passwords = PasswordHasher::new(&config)?;
+    let users = UserStore::new(db.clone());
+    let audit = AuditLog::new(db.clone());
+    let created = create_admin(&users, &passwords, &audit, args.email, args.name, password).await;
+    db.close().await;
+    let user = created?;
+    println!("created admin {} <{}>", user.id, user.email);
     Ok(())
 }

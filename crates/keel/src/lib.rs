@@ -1,9 +1,12 @@
 //! keel: a production backend service.
 //!
-//! Features live in their own folders (`users`, `compute`, `health`, `docs`, `idempotency`), each with
+//! Features live in their own folders (`users`, `auth`, `audit`, `ratelimit`, `compute`, `health`,
+//! `docs`, `idempotency`), each with
 //! its routes, domain types and storage; shared plumbing is in `config`, `error`, `http`,
 //! `db` and `telemetry`. `server` puts them together.
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod compute;
 pub mod config;
@@ -13,6 +16,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod idempotency;
+pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
 pub mod users;

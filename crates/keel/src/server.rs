@@ -17,12 +17,15 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
+    audit::{self, AuditLog},
+    auth::{self, Auth, bootstrap::bootstrap_admin},
     compute::{self, CpuPool},
     config::Config,
     db::Db,
     docs, health,
     http::{self, static_files::StaticFiles},
     idempotency,
+    ratelimit::RateLimits,
     users::{self, store::UserStore},
 };
 
@@ -36,6 +39,12 @@ pub struct AppState {
     pub db: Db,
     /// Users' storage.
     pub users: UserStore,
+    /// Keys, passwords and sessions.
+    pub auth: Arc<Auth>,
+    /// The security-event trail.
+    pub audit: AuditLog,
+    /// Per-client and per-account limits.
+    pub rate_limits: RateLimits,
     /// The configuration.
     pub config: Arc<Config>,
     /// The pool that runs CPU-bound work.
@@ -76,7 +85,9 @@ impl Shutdown {
 /// Every documented route, before state and middleware are attached.
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+        .merge(auth::router())
         .merge(users::router())
+        .merge(audit::router())
         .merge(health::router())
         .merge(compute::router())
 }
@@ -126,8 +137,15 @@ impl Server {
             config.compute_threads(),
             config.compute_queue,
         )?);
+        let auth = Auth::new(&config, db.clone()).await?;
+        let users = UserStore::new(db.clone());
+        let audit = AuditLog::new(db.clone());
+        bootstrap_admin(&config, &users, &auth.passwords, &audit).await?;
         let state = AppState {
-            users: UserStore::new(db.clone()),
+            users,
+            auth,
+            audit,
+            rate_limits: RateLimits::from_config(&config)?,
             db,
             compute,
             config: Arc::new(config),
@@ -166,7 +184,7 @@ impl Server {
             router,
             state,
         } = self;
-        let purge = tokio::spawn(purge_idempotency_keys(state.db.clone()));
+        let purge = tokio::spawn(purge_expired(state.clone()));
         let shutdown = state.shutdown.clone();
         let drain = Duration::from_secs(state.config.shutdown_drain_secs);
         let stop_accepting = async move {
@@ -195,14 +213,25 @@ impl Server {
     }
 }
 
-async fn purge_idempotency_keys(db: Db) {
+/// How long spent and revoked refresh tokens are kept after they expire (for the audit of
+/// late reuse attempts).
+const EXPIRED_SESSIONS_KEPT: chrono::Duration = chrono::Duration::days(7);
+
+/// Deletes expired idempotency keys and long-expired sessions, periodically.
+async fn purge_expired(state: AppState) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
         interval.tick().await;
-        match idempotency::purge_expired(&db).await {
+        match idempotency::purge_expired(&state.db).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "expired idempotency keys deleted"),
             Err(error) => tracing::warn!(%error, "cannot purge idempotency keys"),
+        }
+        let before = chrono::Utc::now() - EXPIRED_SESSIONS_KEPT;
+        match state.auth.sessions.purge_expired(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired sessions deleted"),
+            Err(error) => tracing::warn!(%error, "cannot purge sessions"),
         }
     }
 }

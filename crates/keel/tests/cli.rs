@@ -30,8 +30,15 @@ fn keel(dir: &Path) -> Command {
         }
     }
     command.env("KEEL_DATA_DIR", dir.join("data"));
+    command.env("KEEL_BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL);
+    command.env("KEEL_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    command.env("KEEL_PASSWORD_HASH_MEMORY_KIB", "1024");
+    command.env("KEEL_PASSWORD_HASH_ITERATIONS", "1");
     command
 }
+
+const ADMIN_EMAIL: &str = "admin@keel.test";
+const ADMIN_PASSWORD: &str = "cli admin password";
 
 fn run(command: &mut Command) -> Output {
     command.stdin(Stdio::null()).output().expect("keel runs")
@@ -49,6 +56,28 @@ fn stderr(output: &Output) -> String {
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A client sending the bootstrap admin's access token, got from `login_url`.
+async fn admin_client(client: &reqwest::Client, login_url: &str) -> reqwest::Client {
+    let response = client
+        .post(login_url)
+        .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login request sent");
+    assert_eq!(response.status(), 200, "bootstrap admin logs in");
+    let body: Value = response.json().await.expect("token JSON");
+    let token = body["access_token"].as_str().expect("access token");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
 }
 
 /// A `keel serve` process, killed when dropped.
@@ -89,6 +118,7 @@ impl Running {
             }
             if let Ok(response) = running.client.get(running.url("/livez")).send().await {
                 assert_eq!(response.status(), 200);
+                running.client = admin_client(&running.client, &running.url("/auth/login")).await;
                 return running;
             }
             assert!(Instant::now() < deadline, "keel did not start in time");

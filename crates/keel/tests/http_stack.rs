@@ -171,6 +171,7 @@ async fn large_responses_are_compressed_on_request() {
     let client = reqwest::Client::builder().build().unwrap();
     let response = client
         .get(app.url("/users"))
+        .bearer_auth(&app.admin_token)
         .header("accept-encoding", "gzip")
         .send()
         .await
@@ -181,15 +182,22 @@ async fn large_responses_are_compressed_on_request() {
     let bytes = response.bytes().await.unwrap();
     assert_eq!(&bytes[..2], [0x1f, 0x8b], "a gzip stream");
 
-    let plain = client.get(app.url("/users")).send().await.unwrap();
+    let plain = client
+        .get(app.url("/users"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
     assert!(plain.headers().get("content-encoding").is_none());
     let page: Value = plain.json().await.unwrap();
-    assert_eq!(page["items"].as_array().unwrap().len(), 10);
+    // Ten users and the bootstrap admin.
+    assert_eq!(page["items"].as_array().unwrap().len(), 11);
 
     // A single user is a few hundred bytes: not worth an encoder per response.
     let id = page["items"][0]["id"].as_str().unwrap();
     let small = client
         .get(app.url(&format!("/users/{id}")))
+        .bearer_auth(&app.admin_token)
         .header("accept-encoding", "gzip, br")
         .send()
         .await
@@ -293,8 +301,44 @@ async fn openapi_document_describes_every_operation() {
             }
         }
     }
-    // POST and GET /users; GET, PATCH and DELETE /users/{id}; matmul; the two probes.
-    assert_eq!(operations, 8);
+    // POST and GET /users; GET, PATCH and DELETE /users/{id}; GET and PATCH /users/me;
+    // register, login, refresh, logout, logout-all and the JWKS; the audit trail; matmul;
+    // the two probes.
+    assert_eq!(operations, 17);
+    let scheme = &document["components"]["securitySchemes"]["bearer"];
+    assert_eq!(scheme["type"], "http", "{scheme}");
+    assert_eq!(scheme["scheme"], "bearer", "{scheme}");
+    let secured = |path: &str, method: &str| {
+        paths[path][method]["security"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()))
+    };
+    for (path, method) in [
+        ("/users", "get"),
+        ("/users", "post"),
+        ("/users/{id}", "get"),
+        ("/users/{id}", "patch"),
+        ("/users/{id}", "delete"),
+        ("/users/me", "get"),
+        ("/users/me", "patch"),
+        ("/auth/logout", "post"),
+        ("/auth/logout-all", "post"),
+        ("/admin/audit-events", "get"),
+    ] {
+        assert!(
+            secured(path, method),
+            "{method} {path} needs the bearer scheme"
+        );
+    }
+    for (path, method) in [
+        ("/auth/login", "post"),
+        ("/auth/register", "post"),
+        ("/auth/refresh", "post"),
+        ("/.well-known/jwks.json", "get"),
+        ("/livez", "get"),
+    ] {
+        assert!(!secured(path, method), "{method} {path} is public");
+    }
     for schema in ["Problem", "FieldError", "User", "UserPage"] {
         assert!(
             document["components"]["schemas"].get(schema).is_some(),

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestApp, header, problem, validation_errors};
+use common::{ADMIN_EMAIL, Backend, TestApp, header, problem, validation_errors};
 use serde_json::{Value, json};
 
 /// `POST /users` with `body` and `Idempotency-Key: key`.
@@ -16,12 +16,18 @@ async fn post_with_key(app: &TestApp, key: &str, body: &Value) -> reqwest::Respo
         .unwrap()
 }
 
-/// The users stored, newest first.
+/// The users stored, newest first, but the bootstrap admin.
 async fn users(app: &TestApp) -> Vec<Value> {
     let response = app.get("/users?limit=100").send().await.unwrap();
     assert_eq!(response.status(), 200);
     let page: Value = response.json().await.unwrap();
-    page["items"].as_array().unwrap().clone()
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["email"] != ADMIN_EMAIL)
+        .cloned()
+        .collect()
 }
 
 async fn retry_with_the_same_key_replays_the_first_answer(app: TestApp) {

@@ -61,6 +61,9 @@ pub enum DbError {
     /// A parameter could not be encoded.
     #[error("cannot encode a statement parameter: {0}")]
     Encode(BoxDynError),
+    /// A stored value is not one the application writes.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
     /// A statement expected to return a row returned none.
     #[error("the statement returned no row")]
     NoRow,

@@ -14,6 +14,7 @@ use utoipa::{
         self, ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder,
         path::{Operation, ParameterIn},
         schema::{Schema, SchemaType, Type},
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
 
@@ -38,7 +39,9 @@ const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
             list every failing input with a JSON pointer, a code and a message.",
     ),
     tags(
+        (name = "auth", description = "Accounts and sessions: register, log in, refresh, log out, and the keys that verify access tokens"),
         (name = "users", description = "The users resource"),
+        (name = "admin", description = "Administration: the audit trail"),
         (name = "compute", description = "CPU-bound work on a bounded thread pool"),
         (name = "health", description = "Liveness and readiness probes"),
     ),
@@ -46,10 +49,27 @@ const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
 )]
 pub struct ApiDoc;
 
-/// Finishes the generated document: header parameters are never `null`, and every operation
-/// lists the answers any operation can give (500, 408, and for those with a body 400, 413
-/// and 415) so that every documented operation lists every error it may return.
+/// Finishes the generated document: the `bearer` security scheme, header parameters are
+/// never `null`, and every operation lists the answers any operation can give (500, 429,
+/// 408, and for those with a body 400, 413 and 415) so that every documented operation
+/// lists every error it may return.
 pub fn complete(document: &mut Document) {
+    document
+        .components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An access token from /auth/login, /auth/register or /auth/refresh \
+                         (EdDSA JWT; keys at /.well-known/jwks.json)",
+                    ))
+                    .build(),
+            ),
+        );
     let problem = |description: &str| {
         ResponseBuilder::new()
             .description(description)
@@ -79,6 +99,10 @@ pub fn complete(document: &mut Document) {
                     .or_insert_with(|| RefOr::T(problem(description)));
             };
             add("408", "The request took longer than the configured timeout");
+            add(
+                "429",
+                "Too many requests from this client; see Retry-After and RateLimit",
+            );
             add(
                 "500",
                 "Internal error; the body carries the request id to quote",

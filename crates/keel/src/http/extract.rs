@@ -155,6 +155,11 @@ impl ObjectReader {
             .ok()
     }
 
+    /// Reports `field` as invalid for a reason that involves other fields.
+    pub fn fail_field(&mut self, field: &str, invalid: Invalid) {
+        self.fail(field, invalid);
+    }
+
     fn fail(&mut self, field: &str, invalid: Invalid) {
         self.errors
             .push(body_error_at(&format!("/{}", escape(field)), invalid));

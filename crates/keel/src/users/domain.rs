@@ -9,6 +9,7 @@ use uuid::Uuid;
 use validator::ValidateEmail;
 
 use crate::{
+    auth::password::Password,
     error::FieldError,
     http::extract::{FromJson, Invalid, ObjectReader, string},
 };
@@ -84,12 +85,53 @@ impl UserName {
     }
 }
 
+/// What an account may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, on every account.
+    Admin,
+    /// Reads and changes its own record only.
+    User,
+}
+
+impl Role {
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
+
+    /// Reads a stored or serialized name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "admin" => Some(Self::Admin),
+            "user" => Some(Self::User),
+            _ => None,
+        }
+    }
+}
+
+fn role(value: Value) -> Result<Role, Invalid> {
+    string(value).and_then(|raw| {
+        Role::parse(&raw)
+            .ok_or_else(|| Invalid::new("invalid_role", "must be \"admin\" or \"user\""))
+    })
+}
+
+fn password(value: Value) -> Result<Password, Invalid> {
+    string(value).and_then(Password::parse)
+}
+
 /// A stored user.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(example = json!({
     "id": "019a8f4e-6b1a-7c3e-9d2f-5a4b3c2d1e0f",
     "email": "ada@example.com",
     "name": "Ada Lovelace",
+    "role": "user",
     "created_at": "2026-11-22T09:30:00.123456Z",
     "updated_at": "2026-11-22T09:30:00.123456Z"
 }))]
@@ -101,6 +143,8 @@ pub struct User {
     pub email: String,
     /// Display name.
     pub name: String,
+    /// What the account may do.
+    pub role: Role,
     /// Creation time, RFC 3339 UTC.
     pub created_at: DateTime<Utc>,
     /// Time of the last change, RFC 3339 UTC.
@@ -111,13 +155,28 @@ pub struct User {
     pub version: i64,
 }
 
-/// A validated `POST /users` body.
+/// A validated `POST /users` body (an admin creating an account).
 #[derive(Debug, Clone)]
 pub struct NewUser {
     /// The address.
     pub email: Email,
     /// The name.
     pub name: UserName,
+    /// The password; without one the account cannot log in until it is set.
+    pub password: Option<Password>,
+    /// The role (default `user`).
+    pub role: Role,
+}
+
+/// A validated `POST /auth/register` body.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The address.
+    pub email: Email,
+    /// The name.
+    pub name: UserName,
+    /// The password.
+    pub password: Password,
 }
 
 /// A validated `PATCH /users/{id}` body: absent fields stay as they are.
@@ -127,16 +186,32 @@ pub struct UserChanges {
     pub email: Option<Email>,
     /// New name.
     pub name: Option<UserName>,
+    /// New role (admins only).
+    pub role: Option<Role>,
 }
 
 impl UserChanges {
     /// Whether the patch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.email.is_none() && self.name.is_none()
+        self.email.is_none() && self.name.is_none() && self.role.is_none()
     }
 }
 
-const FIELDS: &[&str] = &["email", "name"];
+/// A validated `PATCH /users/me` body: the caller's own record, password included.
+#[derive(Debug, Clone, Default)]
+pub struct OwnChanges {
+    /// Address and name.
+    pub changes: UserChanges,
+    /// The new password.
+    pub password: Option<Password>,
+    /// The current password, required to set a new one.
+    pub current_password: Option<Password>,
+}
+
+const NEW_USER_FIELDS: &[&str] = &["email", "name", "password", "role"];
+const REGISTRATION_FIELDS: &[&str] = &["email", "name", "password"];
+const CHANGE_FIELDS: &[&str] = &["email", "name", "role"];
+const OWN_CHANGE_FIELDS: &[&str] = &["email", "name", "password", "current_password"];
 
 fn email(value: Value) -> Result<Email, Invalid> {
     string(value).and_then(Email::parse)
@@ -148,13 +223,38 @@ fn name(value: Value) -> Result<UserName, Invalid> {
 
 impl FromJson for NewUser {
     fn from_json(value: Value) -> Result<Self, Vec<FieldError>> {
-        let mut reader = ObjectReader::new(value, FIELDS)?;
+        let mut reader = ObjectReader::new(value, NEW_USER_FIELDS)?;
         let email = reader.required("email", email);
         let name = reader.required("name", name);
+        let password = reader.optional("password", password);
+        let role = reader.optional("role", role);
         reader.finish()?;
         match (email, name) {
-            (Some(email), Some(name)) => Ok(Self { email, name }),
+            (Some(email), Some(name)) => Ok(Self {
+                email,
+                name,
+                password,
+                role: role.unwrap_or(Role::User),
+            }),
             // finish() has reported why one is missing.
+            _ => Err(Vec::new()),
+        }
+    }
+}
+
+impl FromJson for Registration {
+    fn from_json(value: Value) -> Result<Self, Vec<FieldError>> {
+        let mut reader = ObjectReader::new(value, REGISTRATION_FIELDS)?;
+        let email = reader.required("email", email);
+        let name = reader.required("name", name);
+        let password = reader.required("password", password);
+        reader.finish()?;
+        match (email, name, password) {
+            (Some(email), Some(name), Some(password)) => Ok(Self {
+                email,
+                name,
+                password,
+            }),
             _ => Err(Vec::new()),
         }
     }
@@ -162,11 +262,42 @@ impl FromJson for NewUser {
 
 impl FromJson for UserChanges {
     fn from_json(value: Value) -> Result<Self, Vec<FieldError>> {
-        let mut reader = ObjectReader::new(value, FIELDS)?;
+        let mut reader = ObjectReader::new(value, CHANGE_FIELDS)?;
         let email = reader.optional("email", email);
         let name = reader.optional("name", name);
+        let role = reader.optional("role", role);
         reader.finish()?;
-        Ok(Self { email, name })
+        Ok(Self { email, name, role })
+    }
+}
+
+impl FromJson for OwnChanges {
+    fn from_json(value: Value) -> Result<Self, Vec<FieldError>> {
+        let mut reader = ObjectReader::new(value, OWN_CHANGE_FIELDS)?;
+        let email = reader.optional("email", email);
+        let name = reader.optional("name", name);
+        let password = reader.optional("password", password);
+        // The current password is checked against the stored hash, not against the rules
+        // (which may have changed since it was set); only its type and size are.
+        let current_password = reader.optional("current_password", |value| {
+            string(value).and_then(Password::current)
+        });
+        if password.is_some() && current_password.is_none() {
+            reader.fail_field(
+                "current_password",
+                Invalid::new("missing", "required to change the password"),
+            );
+        }
+        reader.finish()?;
+        Ok(Self {
+            changes: UserChanges {
+                email,
+                name,
+                role: None,
+            },
+            password,
+            current_password,
+        })
     }
 }
 
@@ -185,6 +316,17 @@ pub struct CreateUserRequest {
         pattern = r"^\s*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]{0,98}[^\s\x00-\x1F\x7F-\x9F]\s*$"
     )]
     name: String,
+    /// 12–128 characters; without it the account cannot log in.
+    #[schema(
+        format = "password",
+        min_length = 12,
+        max_length = 128,
+        nullable = false
+    )]
+    password: Option<String>,
+    /// `user` (the default) or `admin`.
+    #[schema(nullable = false)]
+    role: Option<Role>,
 }
 
 /// `PATCH /users/{id}` body, as documented: every field optional.
@@ -203,6 +345,43 @@ pub struct UpdateUserRequest {
         pattern = r"^\s*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]{0,98}[^\s\x00-\x1F\x7F-\x9F]\s*$"
     )]
     name: Option<String>,
+    /// New role; admins only.
+    #[schema(nullable = false)]
+    role: Option<Role>,
+}
+
+/// `PATCH /users/me` body, as documented: every field optional.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"password": "a new long passphrase", "current_password": "correct horse battery staple"}))]
+#[allow(dead_code)] // Documents the body (serde's attributes shape the schema); requests are parsed by `FromJson`.
+pub struct UpdateMeRequest {
+    /// A valid e-mail address, at most 254 characters; unique regardless of case.
+    #[schema(format = "email", max_length = 254, nullable = false)]
+    email: Option<String>,
+    /// Display name: trimmed, then 2–100 characters without control characters.
+    #[schema(
+        min_length = 2,
+        nullable = false,
+        pattern = r"^\s*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]{0,98}[^\s\x00-\x1F\x7F-\x9F]\s*$"
+    )]
+    name: Option<String>,
+    /// A new password, 12–128 characters; needs `current_password`.
+    #[schema(
+        format = "password",
+        min_length = 12,
+        max_length = 128,
+        nullable = false
+    )]
+    password: Option<String>,
+    /// The current password, required with `password`.
+    #[schema(
+        format = "password",
+        min_length = 1,
+        max_length = 128,
+        nullable = false
+    )]
+    current_password: Option<String>,
 }
 
 #[cfg(test)]

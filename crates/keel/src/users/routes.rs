@@ -11,17 +11,23 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    audit::{Audit, AuditKind},
+    auth::{Admin, Principal},
     error::{ApiError, FieldError, InputLocation, Problem},
     http::{
         conditional::{ETag, IfMatch, IfNoneMatch},
         extract::{QueryPairs, UuidParam, ValidJson},
         pagination::{self, Cursor, PageRequest},
     },
+    ratelimit::ClientIp,
     server::AppState,
 };
 
 use super::{
-    domain::{CreateUserRequest, EMAIL_MAX_CHARS, NewUser, UpdateUserRequest, User, UserChanges},
+    domain::{
+        CreateUserRequest, EMAIL_MAX_CHARS, NewUser, OwnChanges, UpdateMeRequest,
+        UpdateUserRequest, User, UserChanges,
+    },
     store::{ListQuery, StoreError},
 };
 
@@ -33,6 +39,7 @@ const WRITE_ATTEMPTS: usize = 5;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_user, list_users))
+        .routes(routes!(get_me, update_me))
         .routes(routes!(get_user, update_user, delete_user))
 }
 
@@ -58,6 +65,16 @@ impl From<StoreError> for ApiError {
 
 const NOT_FOUND: ApiError = ApiError::NotFound("no user with this id");
 
+/// Whether `principal` may see and change user `id`: their own record, or any as an admin.
+/// Anyone else is answered [`NOT_FOUND`], so ids of other accounts reveal nothing.
+fn visible(principal: &Principal, id: uuid::Uuid) -> Result<(), ApiError> {
+    if principal.is_admin() || principal.user_id == id {
+        Ok(())
+    } else {
+        Err(NOT_FOUND)
+    }
+}
+
 /// A user with its `ETag`.
 fn user_response(status: StatusCode, user: &User, extra: HeaderMap) -> Response {
     let mut response = (status, extra, Json(user)).into_response();
@@ -68,18 +85,22 @@ fn user_response(status: StatusCode, user: &User, extra: HeaderMap) -> Response 
     response
 }
 
-/// Create a user.
+/// Create a user (admins only).
 ///
-/// Honours `Idempotency-Key`: a retry with the same key and body gets the first answer again.
+/// Without a `password` the account cannot log in until one is set. Honours
+/// `Idempotency-Key`: a retry with the same key and body gets the first answer again.
 #[utoipa::path(
     post,
     path = "/users",
     tag = "users",
+    security(("bearer" = [])),
     request_body(content = CreateUserRequest, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,255}$", description = "Makes retries safe: the same key and body return the first answer (1–255 visible ASCII characters)")),
     responses(
         (status = 201, description = "Created", body = User,
             headers(("Location" = String, description = "URL of the new user"), ("ETag" = String, description = "Entity tag of the stored revision"))),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another user has this e-mail address, or a request with the same Idempotency-Key is still running", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input: every failing field is listed", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/validation", "title": "Validation failed", "status": 422, "detail": "2 inputs failed validation",
@@ -90,9 +111,23 @@ fn user_response(status: StatusCode, user: &User, extra: HeaderMap) -> Response 
 )]
 async fn create_user(
     State(state): State<AppState>,
+    Admin(admin): Admin,
+    ClientIp(ip): ClientIp,
     ValidJson(new): ValidJson<NewUser>,
 ) -> Result<Response, ApiError> {
-    let user = state.users.insert(&new).await?;
+    let hash = match &new.password {
+        Some(password) => Some(state.auth.passwords.hash(password).await?),
+        None => None,
+    };
+    let user = state.users.insert(&new, hash).await?;
+    state
+        .audit
+        .record(
+            Audit::new(AuditKind::Created, Some(user.id), Some(ip))
+                .by(admin.user_id)
+                .detail(user.role.as_str()),
+        )
+        .await;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/users/{}", user.id)) {
         headers.insert(header::LOCATION, location);
@@ -100,11 +135,12 @@ async fn create_user(
     Ok(user_response(StatusCode::CREATED, &user, headers))
 }
 
-/// Get a user.
+/// Get a user (yourself, or anyone as an admin).
 #[utoipa::path(
     get,
     path = "/users/{id}",
     tag = "users",
+    security(("bearer" = [])),
     params(
         ("id" = uuid::Uuid, Path, description = "User id"),
         ("If-None-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[!#-~]*"(, ?(W/)?"[!#-~]*")*)$"#, description = "Answer 304 if the user still has one of these entity tags"),
@@ -114,15 +150,18 @@ async fn create_user(
             headers(("ETag" = String, description = "Entity tag of the stored revision"))),
         (status = 304, description = "Not modified since the given entity tag",
             headers(("ETag" = String, description = "Entity tag of the stored revision"))),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user (or not yours)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_user(
     State(state): State<AppState>,
+    principal: Principal,
     UuidParam(id): UuidParam,
     if_none_match: IfNoneMatch,
 ) -> Result<Response, ApiError> {
+    visible(&principal, id)?;
     let user = state.users.get(id).await?.ok_or(NOT_FOUND)?;
     let etag = ETag::from_version(user.version);
     if if_none_match.is_fresh(&etag) {
@@ -144,13 +183,14 @@ pub struct UserPage {
     pub next_cursor: Option<String>,
 }
 
-/// List users, newest first.
+/// List users, newest first (admins only).
 ///
 /// Keyset-paginated: follow `next_cursor` (or the `Link` header) for the next page.
 #[utoipa::path(
     get,
     path = "/users",
     tag = "users",
+    security(("bearer" = [])),
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 20)"),
         ("cursor" = Option<String>, Query, pattern = r"^az[E-H][A-Za-z0-9_-]{21}$", description = "The next_cursor of the previous page"),
@@ -159,11 +199,14 @@ pub struct UserPage {
     responses(
         (status = 200, description = "A page of users", body = UserPage,
             headers(("Link" = String, description = "RFC 8288 link to the next page (rel=\"next\"), when there is one"))),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid query parameters", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn list_users(
     State(state): State<AppState>,
+    _admin: Admin,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
@@ -217,13 +260,16 @@ async fn list_users(
     Ok((headers, Json(body)).into_response())
 }
 
-/// Update a user (partial).
+/// Update a user (partial): yourself, or anyone as an admin.
 ///
-/// Absent fields are left as they are. With `If-Match`, the update applies only to that revision.
+/// Absent fields are left as they are. Only an admin may change a `role`; the account's
+/// sessions then end, so its next token carries the new role. With `If-Match`, the update
+/// applies only to that revision.
 #[utoipa::path(
     patch,
     path = "/users/{id}",
     tag = "users",
+    security(("bearer" = [])),
     request_body(content = UpdateUserRequest, content_type = "application/json"),
     params(
         ("id" = uuid::Uuid, Path, description = "User id"),
@@ -232,7 +278,9 @@ async fn list_users(
     responses(
         (status = 200, description = "The updated user", body = User,
             headers(("ETag" = String, description = "Entity tag of the stored revision"))),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only an admin may change a role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user (or not yours)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another user has this e-mail address", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The user changed since the given entity tag", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input: every failing field is listed", body = Problem, content_type = "application/problem+json"),
@@ -240,20 +288,54 @@ async fn list_users(
 )]
 async fn update_user(
     State(state): State<AppState>,
+    principal: Principal,
+    ClientIp(ip): ClientIp,
     UuidParam(id): UuidParam,
     if_match: IfMatch,
     ValidJson(changes): ValidJson<UserChanges>,
 ) -> Result<Response, ApiError> {
+    visible(&principal, id)?;
+    if changes.role.is_some() && !principal.is_admin() {
+        return Err(ApiError::Forbidden("only an admin may change a role"));
+    }
+    let (before, user) = apply(&state, id, &if_match, &changes).await?;
+    if before.role != user.role {
+        let families = state.auth.sessions.revoke_user(id, None).await?;
+        state.auth.tokens.revoke(families);
+        state
+            .audit
+            .record(
+                Audit::new(AuditKind::RoleChanged, Some(id), Some(ip))
+                    .by(principal.user_id)
+                    .detail(format!(
+                        "{} -> {}",
+                        before.role.as_str(),
+                        user.role.as_str()
+                    )),
+            )
+            .await;
+    }
+    Ok(user_response(StatusCode::OK, &user, HeaderMap::new()))
+}
+
+/// Applies `changes` to user `id` under `if_match`, retrying when another write slips in;
+/// returns the revision it changed and the new one.
+async fn apply(
+    state: &AppState,
+    id: uuid::Uuid,
+    if_match: &IfMatch,
+    changes: &UserChanges,
+) -> Result<(User, User), ApiError> {
     for _ in 0..WRITE_ATTEMPTS {
         let current = state.users.get(id).await?.ok_or(NOT_FOUND)?;
         if !if_match.matches(&ETag::from_version(current.version)) {
             return Err(ApiError::PreconditionFailed);
         }
         if changes.is_empty() {
-            return Ok(user_response(StatusCode::OK, &current, HeaderMap::new()));
+            return Ok((current.clone(), current));
         }
-        match state.users.update(&current, &changes).await {
-            Ok(user) => return Ok(user_response(StatusCode::OK, &user, HeaderMap::new())),
+        match state.users.update(&current, changes).await {
+            Ok(user) => return Ok((current, user)),
             // Changed or deleted in between: read again and re-check.
             Err(StoreError::VersionMismatch) => continue,
             Err(e) => return Err(e.into()),
@@ -262,32 +344,135 @@ async fn update_user(
     Err(StoreError::VersionMismatch.into())
 }
 
-/// Delete a user.
+/// Your own account.
+#[utoipa::path(
+    get,
+    path = "/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's user", body = User,
+            headers(("ETag" = String, description = "Entity tag of the stored revision"))),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The account was deleted", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_me(State(state): State<AppState>, principal: Principal) -> Result<Response, ApiError> {
+    let user = state.users.get(principal.user_id).await?.ok_or(NOT_FOUND)?;
+    Ok(user_response(StatusCode::OK, &user, HeaderMap::new()))
+}
+
+/// Change your own name, e-mail address or password.
+///
+/// A new `password` needs the `current_password`; setting it ends every other session of
+/// the account.
+#[utoipa::path(
+    patch,
+    path = "/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body(content = UpdateMeRequest, content_type = "application/json"),
+    params(
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[!#-~]*"(, ?(W/)?"[!#-~]*")*)$"#, description = "Apply only if the user still has one of these entity tags"),
+    ),
+    responses(
+        (status = 200, description = "The updated user", body = User,
+            headers(("ETag" = String, description = "Entity tag of the stored revision"))),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The account was deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another user has this e-mail address", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The user changed since the given entity tag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input, or the current password is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong passwords for this account", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn update_me(
+    State(state): State<AppState>,
+    principal: Principal,
+    ClientIp(ip): ClientIp,
+    if_match: IfMatch,
+    ValidJson(own): ValidJson<OwnChanges>,
+) -> Result<Response, ApiError> {
+    let me = principal.user_id;
+    if let (Some(_), Some(current_password)) = (&own.password, &own.current_password) {
+        let user = state.users.get(me).await?.ok_or(NOT_FOUND)?;
+        let account = user.email.to_lowercase();
+        state.rate_limits.check_account(&account)?;
+        let hash = state.users.password_hash(me).await?;
+        if !state
+            .auth
+            .passwords
+            .verify(hash.as_deref(), current_password)
+            .await?
+        {
+            state.rate_limits.record_login_failure(&account);
+            return Err(ApiError::invalid(FieldError::new(
+                InputLocation::Body,
+                "/current_password",
+                "incorrect",
+                "is not the account's current password",
+            )));
+        }
+    }
+    let (_, mut user) = apply(&state, me, &if_match, &own.changes).await?;
+    if let Some(password) = &own.password {
+        let hash = state.auth.passwords.hash(password).await?;
+        user = loop {
+            match state.users.set_password(&user, hash.clone()).await {
+                Ok(updated) => break updated,
+                Err(StoreError::VersionMismatch) => {
+                    user = state.users.get(me).await?.ok_or(NOT_FOUND)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let families = state
+            .auth
+            .sessions
+            .revoke_user(me, Some(principal.session))
+            .await?;
+        state.auth.tokens.revoke(families);
+        state
+            .audit
+            .record(Audit::new(AuditKind::PasswordChanged, Some(me), Some(ip)))
+            .await;
+    }
+    Ok(user_response(StatusCode::OK, &user, HeaderMap::new()))
+}
+
+/// Delete a user (yourself, or anyone as an admin); its sessions end.
 #[utoipa::path(
     delete,
     path = "/users/{id}",
     tag = "users",
+    security(("bearer" = [])),
     params(
         ("id" = uuid::Uuid, Path, description = "User id"),
         ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[!#-~]*"(, ?(W/)?"[!#-~]*")*)$"#, description = "Delete only if the user still has one of these entity tags"),
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user (or not yours)", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The user changed since the given entity tag", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn delete_user(
     State(state): State<AppState>,
+    principal: Principal,
     UuidParam(id): UuidParam,
     if_match: IfMatch,
 ) -> Result<StatusCode, ApiError> {
+    visible(&principal, id)?;
     for _ in 0..WRITE_ATTEMPTS {
         let current = state.users.get(id).await?.ok_or(NOT_FOUND)?;
         if !if_match.matches(&ETag::from_version(current.version)) {
             return Err(ApiError::PreconditionFailed);
         }
+        // Mark the sessions revoked first: deleting the user deletes their rows.
+        let families = state.auth.sessions.revoke_user(id, None).await?;
+        state.auth.tokens.revoke(families);
         match state.users.delete(id, current.version).await {
             Ok(()) => return Ok(StatusCode::NO_CONTENT),
             Err(StoreError::VersionMismatch) => continue,

@@ -14,7 +14,7 @@ use crate::{
     http::pagination::Cursor,
 };
 
-use super::domain::{NewUser, User, UserChanges};
+use super::domain::{NewUser, Role, User, UserChanges};
 
 /// Why a write was refused.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +44,17 @@ pub struct ListQuery {
     pub search: Option<String>,
 }
 
-const COLUMNS: &str = "id, email, name, version, created_at, updated_at";
+const COLUMNS: &str = "id, email, name, role, version, created_at, updated_at";
 
 impl FromRow for User {
     fn from_row(row: &impl Row) -> Result<Self, DbError> {
+        let role: String = row.get("role")?;
         Ok(Self {
             id: row.get("id")?,
             email: row.get("email")?,
             name: row.get("name")?,
+            role: Role::parse(&role)
+                .ok_or_else(|| DbError::Corrupt(format!("unknown role {role:?}")))?,
             version: row.get("version")?,
             created_at: row.get("created_at")?,
             updated_at: row.get("updated_at")?,
@@ -78,12 +81,24 @@ fn map_unique(error: DbError) -> StoreError {
 /// Rows written by one multi-row INSERT at most.
 const MAX_BATCH: usize = 256;
 
+/// A user to insert, with the password hash that is never part of [`User`].
+type Insert = (User, Option<String>);
+
+/// A user with the stored password hash, for checking credentials.
+struct WithHash(User, Option<String>);
+
+impl FromRow for WithHash {
+    fn from_row(row: &impl Row) -> Result<Self, DbError> {
+        Ok(Self(User::from_row(row)?, row.get("password_hash")?))
+    }
+}
+
 /// Users' storage. Inserts that arrive together share one statement and one commit
 /// (see [`crate::db::batch`]); everything else goes straight to the pool.
 #[derive(Debug, Clone)]
 pub struct UserStore {
     db: Db,
-    inserts: Arc<Batcher<User, Result<(), StoreError>>>,
+    inserts: Arc<Batcher<Insert, Result<(), StoreError>>>,
 }
 
 impl UserStore {
@@ -106,19 +121,71 @@ impl UserStore {
         }
     }
 
-    /// Stores a new user, answering once its row is committed.
-    pub async fn insert(&self, new: &NewUser) -> Result<User, StoreError> {
+    /// Stores a new user with its password hash, answering once its row is committed.
+    pub async fn insert(
+        &self,
+        new: &NewUser,
+        password_hash: Option<String>,
+    ) -> Result<User, StoreError> {
         let now = now();
         let user = User {
             id: Uuid::now_v7(),
             email: new.email.as_str().to_owned(),
             name: new.name.as_str().to_owned(),
+            role: new.role,
             created_at: now,
             updated_at: now,
             version: 1,
         };
-        self.inserts.submit(user.clone()).await??;
+        self.inserts.submit((user.clone(), password_hash)).await??;
         Ok(user)
+    }
+
+    /// The user with this e-mail address (compared without case) and its password hash.
+    pub async fn credentials(
+        &self,
+        email: &str,
+    ) -> Result<Option<(User, Option<String>)>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS}, password_hash FROM users WHERE lower(email) = lower($1)");
+        let found: Option<WithHash> = self.db.fetch_optional(&sql, &[&email.to_owned()]).await?;
+        Ok(found.map(|WithHash(user, hash)| (user, hash)))
+    }
+
+    /// The password hash of user `id`; `None` when the user is gone or has no password.
+    pub async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let found: Option<(Option<String>,)> = self
+            .db
+            .fetch_optional("SELECT password_hash FROM users WHERE id = $1", &[&id])
+            .await?;
+        Ok(found.and_then(|(hash,)| hash))
+    }
+
+    /// Replaces the password hash of revision `current` of the user.
+    pub async fn set_password(&self, current: &User, hash: String) -> Result<User, StoreError> {
+        let updated = User {
+            updated_at: now(),
+            version: current.version + 1,
+            ..current.clone()
+        };
+        let changed = self
+            .db
+            .execute(
+                "UPDATE users SET password_hash = $1, updated_at = $2, version = $3 \
+                 WHERE id = $4 AND version = $5",
+                &[
+                    &hash,
+                    &updated.updated_at,
+                    &updated.version,
+                    &current.id,
+                    &current.version,
+                ],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(StoreError::VersionMismatch);
+        }
+        Ok(updated)
     }
 
     /// The user with `id`, if any.
@@ -171,6 +238,7 @@ impl UserStore {
                 .name
                 .as_ref()
                 .map_or_else(|| current.name.clone(), |n| n.as_str().to_owned()),
+            role: changes.role.unwrap_or(current.role),
             updated_at: now(),
             version: current.version + 1,
             ..current.clone()
@@ -178,11 +246,12 @@ impl UserStore {
         let result = self
             .db
             .execute(
-                "UPDATE users SET email = $1, name = $2, updated_at = $3, version = $4 \
-                 WHERE id = $5 AND version = $6",
+                "UPDATE users SET email = $1, name = $2, role = $3, updated_at = $4, \
+                 version = $5 WHERE id = $6 AND version = $7",
                 &[
                     &updated.email,
                     &updated.name,
+                    &updated.role.as_str().to_owned(),
                     &updated.updated_at,
                     &updated.version,
                     &current.id,
@@ -231,12 +300,20 @@ fn like_pattern(needle: &str) -> String {
 /// Writes `users` with one multi-row INSERT; a row whose e-mail is taken (by a stored
 /// user or an earlier row of the batch) is skipped and reported as [`StoreError::EmailTaken`].
 /// If the statement fails as a whole, each row is retried alone so that it gets its own answer.
-async fn insert_batch(db: &Db, users: Vec<User>) -> Vec<Result<(), StoreError>> {
+async fn insert_batch(db: &Db, users: Vec<Insert>) -> Vec<Result<(), StoreError>> {
     let sql = format!(
         "{INSERT}{} ON CONFLICT DO NOTHING RETURNING id",
-        values(users.len(), 6)
+        values(users.len(), INSERT_COLUMNS)
     );
-    let params: Vec<&dyn Param> = users.iter().flat_map(user_params).collect();
+    let roles: Vec<String> = users
+        .iter()
+        .map(|(user, _)| user.role.as_str().to_owned())
+        .collect();
+    let params: Vec<&dyn Param> = users
+        .iter()
+        .zip(&roles)
+        .flat_map(|(row, role)| insert_params(row, role))
+        .collect();
     let inserted = db
         .fetch_all::<(Uuid,)>(&sql, &params)
         .await
@@ -244,7 +321,7 @@ async fn insert_batch(db: &Db, users: Vec<User>) -> Vec<Result<(), StoreError>> 
     match inserted {
         Ok(ids) => users
             .iter()
-            .map(|user| {
+            .map(|(user, _)| {
                 if ids.contains(&user.id) {
                     Ok(())
                 } else {
@@ -255,8 +332,8 @@ async fn insert_batch(db: &Db, users: Vec<User>) -> Vec<Result<(), StoreError>> 
         Err(error) if users.len() > 1 => {
             tracing::warn!(%error, rows = users.len(), "batched insert failed; retrying row by row");
             let mut results = Vec::with_capacity(users.len());
-            for user in &users {
-                results.push(insert_one(db, user).await);
+            for row in &users {
+                results.push(insert_one(db, row).await);
             }
             results
         }
@@ -264,15 +341,22 @@ async fn insert_batch(db: &Db, users: Vec<User>) -> Vec<Result<(), StoreError>> 
     }
 }
 
-/// The columns of an INSERT of users, in the order of [`user_params`].
-const INSERT: &str = "INSERT INTO users (id, email, name, version, created_at, updated_at) VALUES ";
+/// The columns of an INSERT of users, in the order of [`insert_params`].
+const INSERT: &str = "INSERT INTO users \
+    (id, email, name, role, password_hash, version, created_at, updated_at) VALUES ";
+const INSERT_COLUMNS: usize = 8;
 
-/// The values of `user` for [`INSERT`].
-fn user_params(user: &User) -> [&dyn Param; 6] {
+/// The values of a row for [`INSERT`]; `role` is the row's role as stored.
+fn insert_params<'a>(
+    (user, hash): &'a Insert,
+    role: &'a String,
+) -> [&'a dyn Param; INSERT_COLUMNS] {
     [
         &user.id,
         &user.email,
         &user.name,
+        role,
+        hash,
         &user.version,
         &user.created_at,
         &user.updated_at,
@@ -280,9 +364,10 @@ fn user_params(user: &User) -> [&dyn Param; 6] {
 }
 
 /// Writes one user with a plain INSERT.
-async fn insert_one(db: &Db, user: &User) -> Result<(), StoreError> {
-    let sql = format!("{INSERT}{}", values(1, 6));
-    db.execute(&sql, &user_params(user))
+async fn insert_one(db: &Db, row: &Insert) -> Result<(), StoreError> {
+    let sql = format!("{INSERT}{}", values(1, INSERT_COLUMNS));
+    let role = row.0.role.as_str().to_owned();
+    db.execute(&sql, &insert_params(row, &role))
         .await
         .map(drop)
         .map_err(map_unique)
@@ -293,16 +378,18 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn user(email: &str) -> User {
+    fn user(email: &str) -> Insert {
         let now = now();
-        User {
+        let user = User {
             id: Uuid::now_v7(),
             email: email.to_owned(),
             name: "Test User".to_owned(),
+            role: Role::User,
             version: 1,
             created_at: now,
             updated_at: now,
-        }
+        };
+        (user, None)
     }
 
     #[tokio::test]

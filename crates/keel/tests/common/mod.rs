@@ -183,7 +183,12 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> O
 }
 
 /// Logs in at `addr` and returns the access token; panics unless the answer is 200.
-pub async fn login(client: &reqwest::Client, addr: SocketAddr, email: &str, password: &str) -> String {
+pub async fn login(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    email: &str,
+    password: &str,
+) -> String {
     let response = client
         .post(format!("http://{addr}/auth/login"))
         .json(&json!({"email": email, "password": password}))

@@ -1,0 +1,215 @@
+//! The audit trail of security events: each is a structured log line (target
+//! `keel::audit`) and a row an admin can page through at `GET /admin/audit-events`.
+
+mod routes;
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    db::{Db, DbError, FromRow, Row},
+    http::pagination::Cursor,
+};
+
+pub use routes::{AuditPage, router};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum AuditKind {
+    /// An account was registered.
+    #[serde(rename = "account.registered")]
+    Registered,
+    /// An admin account was created (CLI, bootstrap or an admin).
+    #[serde(rename = "account.created")]
+    Created,
+    /// A login succeeded.
+    #[serde(rename = "login.succeeded")]
+    LoginSucceeded,
+    /// A login failed (unknown e-mail or wrong password).
+    #[serde(rename = "login.failed")]
+    LoginFailed,
+    /// A spent refresh token was presented again; its session family was revoked.
+    #[serde(rename = "refresh.reused")]
+    RefreshReused,
+    /// A session was ended.
+    #[serde(rename = "logout")]
+    Logout,
+    /// Every session of an account was ended.
+    #[serde(rename = "logout.all")]
+    LogoutAll,
+    /// A password was changed.
+    #[serde(rename = "password.changed")]
+    PasswordChanged,
+    /// A role was changed.
+    #[serde(rename = "role.changed")]
+    RoleChanged,
+}
+
+impl AuditKind {
+    /// The stored and logged name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "account.registered",
+            Self::Created => "account.created",
+            Self::LoginSucceeded => "login.succeeded",
+            Self::LoginFailed => "login.failed",
+            Self::RefreshReused => "refresh.reused",
+            Self::Logout => "logout",
+            Self::LogoutAll => "logout.all",
+            Self::PasswordChanged => "password.changed",
+            Self::RoleChanged => "role.changed",
+        }
+    }
+}
+
+/// One security event.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AuditEvent {
+    /// Time-ordered id.
+    pub id: Uuid,
+    /// When it happened, RFC 3339 UTC.
+    pub at: DateTime<Utc>,
+    /// What happened: `login.succeeded`, `login.failed`, `refresh.reused`, ...
+    #[schema(example = "login.failed")]
+    pub event: String,
+    /// The account concerned, when known.
+    pub user_id: Option<Uuid>,
+    /// Who did it, when not the account itself (an admin changing a role).
+    pub actor_id: Option<Uuid>,
+    /// The client's address.
+    pub ip: Option<String>,
+    /// More about it (never a secret).
+    pub detail: Option<String>,
+}
+
+impl FromRow for AuditEvent {
+    fn from_row(row: &impl Row) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.get("id")?,
+            at: row.get("at")?,
+            event: row.get("event")?,
+            user_id: row.get("user_id")?,
+            actor_id: row.get("actor_id")?,
+            ip: row.get("ip")?,
+            detail: row.get("detail")?,
+        })
+    }
+}
+
+/// An event about to be recorded.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    kind: AuditKind,
+    user_id: Option<Uuid>,
+    actor_id: Option<Uuid>,
+    ip: Option<IpAddr>,
+    detail: Option<String>,
+}
+
+impl Audit {
+    /// `kind` happened to `user_id`, from `ip`.
+    pub fn new(kind: AuditKind, user_id: Option<Uuid>, ip: Option<IpAddr>) -> Self {
+        Self {
+            kind,
+            user_id,
+            actor_id: None,
+            ip,
+            detail: None,
+        }
+    }
+
+    /// Done by `actor`.
+    pub fn by(mut self, actor: Uuid) -> Self {
+        self.actor_id = Some(actor);
+        self
+    }
+
+    /// With an explanation.
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// Records security events.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    db: Db,
+}
+
+impl AuditLog {
+    /// The trail on `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Logs the event and stores it. A failed write is logged, never the caller's failure:
+    /// the log line carries the event either way.
+    pub async fn record(&self, event: Audit) {
+        let ip = event.ip.map(|ip| ip.to_string());
+        tracing::info!(
+            target: "keel::audit",
+            event = event.kind.as_str(),
+            user_id = event.user_id.map(tracing::field::display),
+            actor_id = event.actor_id.map(tracing::field::display),
+            ip = ip.as_deref(),
+            detail = event.detail.as_deref(),
+            "security event"
+        );
+        let result = self
+            .db
+            .execute(
+                "INSERT INTO audit_events (id, at, event, user_id, actor_id, ip, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &Uuid::now_v7(),
+                    &Utc::now().trunc_subsecs(6),
+                    &event.kind.as_str().to_owned(),
+                    &event.user_id,
+                    &event.actor_id,
+                    &ip,
+                    &event.detail,
+                ],
+            )
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, event = event.kind.as_str(), "cannot store an audit event");
+        }
+    }
+
+    /// A page of events, newest first, and whether more follow.
+    pub async fn page(
+        &self,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<(Vec<AuditEvent>, bool), DbError> {
+        let fetch = i64::from(limit) + 1;
+        let mut rows: Vec<AuditEvent> = match after {
+            Some(Cursor(after)) => {
+                self.db
+                    .fetch_all(
+                        "SELECT id, at, event, user_id, actor_id, ip, detail FROM audit_events \
+                         WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                        &[&after, &fetch],
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .fetch_all(
+                        "SELECT id, at, event, user_id, actor_id, ip, detail FROM audit_events \
+                         ORDER BY id DESC LIMIT $1",
+                        &[&fetch],
+                    )
+                    .await?
+            }
+        };
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        Ok((rows, more))
+    }
+}

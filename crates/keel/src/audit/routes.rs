@@ -1,0 +1,83 @@
+//! `GET /admin/audit-events`: the audit trail, for admins.
+
+use axum::{
+    Json,
+    extract::State,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderMap, header};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::Admin,
+    error::{ApiError, Problem},
+    http::{
+        extract::QueryPairs,
+        pagination::{self, Cursor, PageRequest},
+    },
+    server::AppState,
+};
+
+use super::AuditEvent;
+
+/// The audit routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_events))
+}
+
+/// A page of audit events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// Events, newest first.
+    pub items: Vec<AuditEvent>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List security events, newest first (admins only).
+#[utoipa::path(
+    get,
+    path = "/admin/audit-events",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 20)"),
+        ("cursor" = Option<String>, Query, pattern = r"^az[E-H][A-Za-z0-9_-]{21}$", description = "The next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of events", body = AuditPage,
+            headers(("Link" = String, description = "RFC 8288 link to the next page (rel=\"next\"), when there is one"))),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid query parameters", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_events(
+    State(state): State<AppState>,
+    _admin: Admin,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let page = PageRequest::from_query(&query, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let (items, more) = state.audit.page(page.limit, page.after).await?;
+    let next = more.then(|| items.last().map(|e| Cursor(e.id))).flatten();
+    let mut headers = HeaderMap::new();
+    if let Some(cursor) = &next {
+        let limit = page.limit.to_string();
+        if let Some(link) =
+            pagination::next_link("/admin/audit-events", &[("limit", limit.as_str())], cursor)
+        {
+            headers.insert(header::LINK, link);
+        }
+    }
+    let body = AuditPage {
+        next_cursor: next.map(|c| c.encode()),
+        items,
+    };
+    Ok((headers, Json(body)).into_response())
+}

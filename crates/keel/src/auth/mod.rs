@@ -1,0 +1,169 @@
+//! Accounts and access: registration, login, refresh-token sessions, logout, the JWKS, and
+//! the extractors that guard every other route ([`Principal`], [`Admin`]).
+//!
+//! Access tokens are short-lived EdDSA JWTs that any service can verify with the published
+//! keys; refresh tokens are opaque, stored hashed, and rotate on every use.
+
+pub mod bootstrap;
+pub mod keys;
+pub mod password;
+mod routes;
+pub mod sessions;
+pub mod tokens;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::FromRequestParts;
+use http::{header, request::Parts};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{config::Config, db::Db, error::ApiError, server::AppState, users::domain::User};
+
+pub use routes::router;
+pub use tokens::Principal;
+
+use keys::KeyRing;
+use password::{HashError, PasswordHasher};
+use sessions::SessionStore;
+use tokens::Tokens;
+
+/// What the accounts feature keeps: keys, the password hasher and the sessions.
+#[derive(Debug)]
+pub struct Auth {
+    /// Access tokens.
+    pub tokens: Tokens,
+    /// Argon2id.
+    pub passwords: PasswordHasher,
+    /// Refresh tokens.
+    pub sessions: SessionStore,
+}
+
+impl Auth {
+    /// Loads the keys and remembers the sessions revoked while their access tokens may
+    /// still be alive (revocations made before a restart keep working).
+    pub async fn new(config: &Config, db: Db) -> anyhow::Result<Arc<Self>> {
+        let keys = KeyRing::load(config)?;
+        let ttl = Duration::from_secs(config.access_token_ttl_secs);
+        let tokens = Tokens::new(keys, &config.jwt_issuer, &config.jwt_audience, ttl);
+        let sessions = SessionStore::new(db, Duration::from_secs(config.refresh_token_ttl_secs));
+        let since = chrono::Utc::now()
+            - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
+        tokens.revoke(sessions.revoked_since(since).await?);
+        Ok(Arc::new(Self {
+            tokens,
+            passwords: PasswordHasher::new(config)?,
+            sessions,
+        }))
+    }
+
+    /// A token pair for `user` in `session` (refresh token given).
+    pub fn pair(
+        &self,
+        user: &User,
+        session: uuid::Uuid,
+        refresh_token: String,
+    ) -> Result<TokenPair, ApiError> {
+        Ok(TokenPair {
+            access_token: self
+                .tokens
+                .issue(user.id, user.role, session)
+                .map_err(ApiError::internal)?,
+            token_type: "Bearer",
+            expires_in: self.tokens.ttl().as_secs(),
+            refresh_token,
+        })
+    }
+}
+
+/// An access token and the refresh token to renew it (RFC 6749 §5.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    /// The JWT to send as `Authorization: Bearer`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    #[schema(example = 900)]
+    pub expires_in: u64,
+    /// Opaque; exchange it at `/auth/refresh` for a new pair. Single use.
+    pub refresh_token: String,
+}
+
+impl From<HashError> for ApiError {
+    #[track_caller]
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Busy => ApiError::Unavailable {
+                detail: "too many password checks are running; try again shortly".to_owned(),
+                retry_after_secs: 1,
+            },
+            HashError::Failed(_) => ApiError::internal(error),
+        }
+    }
+}
+
+const CHALLENGE: &str = r#"Bearer realm="keel""#;
+const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer realm="keel", error="invalid_token""#;
+
+/// 401 for a request without credentials.
+pub const MISSING_TOKEN: ApiError = ApiError::Unauthorized {
+    kind: "/problems/unauthorized",
+    detail: "this route needs an access token: send Authorization: Bearer <token>",
+    challenge: CHALLENGE,
+};
+
+/// 401 for a token that is malformed, forged, expired or revoked.
+pub const INVALID_TOKEN: ApiError = ApiError::Unauthorized {
+    kind: "/problems/unauthorized",
+    detail: "the access token is invalid, expired or revoked; log in or refresh it",
+    challenge: INVALID_TOKEN_CHALLENGE,
+};
+
+/// The same answer for an unknown e-mail and a wrong password.
+pub const INVALID_CREDENTIALS: ApiError = ApiError::Unauthorized {
+    kind: "/problems/invalid-credentials",
+    detail: "the e-mail address or the password is wrong",
+    challenge: CHALLENGE,
+};
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(MISSING_TOKEN)?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty())
+            .ok_or(INVALID_TOKEN)?;
+        state.auth.tokens.verify(token).map_err(|error| {
+            tracing::debug!(%error, "access token refused");
+            INVALID_TOKEN
+        })
+    }
+}
+
+/// An authenticated admin; anyone else gets 401 or 403.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        if principal.is_admin() {
+            Ok(Self(principal))
+        } else {
+            Err(ApiError::Forbidden("only an admin may do this"))
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Passwords: a [`Password`] can only exist within the length rules and cannot be printed;
+//! hashing and verification (Argon2id) run on a bounded thread pool, never on the runtime.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use argon2::{
+    Algorithm, Argon2, Params, Version,
+    password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString},
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{
+    compute::{CpuPool, PoolError},
+    config::Config,
+    http::extract::Invalid,
+};
+
+/// Shortest password accepted, in characters.
+pub const PASSWORD_MIN_CHARS: usize = 12;
+/// Longest password accepted, in characters.
+pub const PASSWORD_MAX_CHARS: usize = 128;
+
+/// A password within the length rules. `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct Password(SecretString);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password([REDACTED])")
+    }
+}
+
+impl Password {
+    /// Validates a new password: 12–128 characters.
+    pub fn parse(raw: String) -> Result<Self, Invalid> {
+        let chars = raw.chars().count();
+        if chars < PASSWORD_MIN_CHARS {
+            return Err(Invalid::new(
+                "too_short",
+                format!("must be at least {PASSWORD_MIN_CHARS} characters"),
+            ));
+        }
+        if chars > PASSWORD_MAX_CHARS {
+            return Err(Invalid::new(
+                "too_long",
+                format!("must be at most {PASSWORD_MAX_CHARS} characters"),
+            ));
+        }
+        Ok(Self(raw.into()))
+    }
+
+    /// A password offered to log in or to confirm a change: it is compared with a stored
+    /// hash, not with today's rules, so only its size is bounded (hashing is the cost).
+    pub fn current(raw: String) -> Result<Self, Invalid> {
+        if raw.is_empty() {
+            return Err(Invalid::new("too_short", "must not be empty"));
+        }
+        if raw.chars().count() > PASSWORD_MAX_CHARS {
+            return Err(Invalid::new(
+                "too_long",
+                format!("must be at most {PASSWORD_MAX_CHARS} characters"),
+            ));
+        }
+        Ok(Self(raw.into()))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.0.expose_secret().as_bytes()
+    }
+}
+
+/// Why a hash could not be made or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Every hashing thread is busy and the queue is full.
+    #[error("the password hashing pool is saturated")]
+    Busy,
+    /// The hash function failed (or its job panicked).
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+impl From<PoolError> for HashError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Busy => Self::Busy,
+            PoolError::Panicked => Self::Failed("the hashing job panicked".to_owned()),
+        }
+    }
+}
+
+/// Hashes and verifies passwords with Argon2id on its own bounded pool.
+pub struct PasswordHasher {
+    argon: Argon2<'static>,
+    pool: CpuPool,
+    /// A hash of a random password, verified when the account does not exist so that an
+    /// unknown e-mail costs the same time as a wrong password.
+    dummy: Arc<str>,
+}
+
+impl std::fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordHasher").finish_non_exhaustive()
+    }
+}
+
+/// Waiting hash jobs beyond the running ones; more are refused with 503.
+const HASH_QUEUE: usize = 64;
+
+impl PasswordHasher {
+    /// A hasher with the configured cost, running on one thread per core.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let params = Params::new(
+            config.password_hash_memory_kib,
+            config.password_hash_iterations,
+            1,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("invalid password hashing parameters: {e}"))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).context("no system randomness")?;
+        let dummy = hash_with(&argon, &random)?;
+        Ok(Self {
+            argon,
+            pool: CpuPool::new(config.compute_threads(), HASH_QUEUE)?,
+            dummy: dummy.into(),
+        })
+    }
+
+    /// A PHC string (`$argon2id$v=19$m=...`) for `password`, with a fresh salt.
+    pub async fn hash(&self, password: &Password) -> Result<String, HashError> {
+        let argon = self.argon.clone();
+        let password = password.clone();
+        self.pool
+            .run(move || hash_with(&argon, password.bytes()))
+            .await?
+            .map_err(|e| HashError::Failed(e.to_string()))
+    }
+
+    /// Whether `password` matches `stored`. Without a stored hash (no such account, or one
+    /// without a password) a dummy hash is verified, so both answers take the same time.
+    pub async fn verify(
+        &self,
+        stored: Option<&str>,
+        password: &Password,
+    ) -> Result<bool, HashError> {
+        let known = stored.is_some();
+        let stored: Arc<str> = stored.map_or_else(|| self.dummy.clone(), Arc::from);
+        let argon = self.argon.clone();
+        let password = password.clone();
+        let matches = self
+            .pool
+            .run(move || match PasswordHash::new(&stored) {
+                Ok(hash) => argon.verify_password(password.bytes(), &hash).is_ok(),
+                Err(_) => false,
+            })
+            .await?;
+        Ok(known && matches)
+    }
+}
+
+fn hash_with(argon: &Argon2<'_>, password: &[u8]) -> anyhow::Result<String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).context("no system randomness")?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    argon
+        .hash_password(password, &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| anyhow::anyhow!("argon2: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hasher() -> PasswordHasher {
+        let config = Config {
+            password_hash_memory_kib: 1024,
+            password_hash_iterations: 1,
+            compute_threads: 1,
+            ..Config::default()
+        };
+        PasswordHasher::new(&config).unwrap()
+    }
+
+    #[test]
+    fn length_rules_count_characters() {
+        assert_eq!(
+            Password::parse("é".repeat(11))
+                .map(drop)
+                .map_err(|e| e.code),
+            Err("too_short")
+        );
+        assert!(Password::parse("é".repeat(12)).is_ok());
+        assert!(Password::parse("é".repeat(128)).is_ok());
+        assert_eq!(
+            Password::parse("é".repeat(129))
+                .map(drop)
+                .map_err(|e| e.code),
+            Err("too_long")
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let password = Password::parse("Zebra-Quartz-7781".into()).unwrap();
+        assert!(!format!("{password:?}").contains("Zebra"));
+    }
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_salted_and_verify() {
+        let hasher = hasher();
+        let password = Password::parse("correct horse battery".into()).unwrap();
+        let first = hasher.hash(&password).await.unwrap();
+        let second = hasher.hash(&password).await.unwrap();
+        assert!(
+            first.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"),
+            "{first}"
+        );
+        assert_ne!(first, second, "each hash has its own salt");
+        assert!(hasher.verify(Some(&first), &password).await.unwrap());
+        let wrong = Password::parse("correct horse battery!".into()).unwrap();
+        assert!(!hasher.verify(Some(&first), &wrong).await.unwrap());
+        assert!(!hasher.verify(None, &password).await.unwrap());
+        assert!(!hasher.verify(Some("not a hash"), &password).await.unwrap());
+    }
+
+    #[test]
+    fn default_cost_is_owasps() {
+        let config = Config::default();
+        assert_eq!(config.password_hash_memory_kib, 19 * 1024);
+        assert_eq!(config.password_hash_iterations, 2);
+    }
+}

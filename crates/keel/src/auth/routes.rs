@@ -1,0 +1,370 @@
+//! `/auth/*` and `/.well-known/jwks.json`.
+
+use axum::{
+    Json,
+    extract::State,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    audit::{Audit, AuditKind},
+    error::{ApiError, FieldError, Problem},
+    http::extract::{FromJson, Invalid, ObjectReader, ValidJson, string},
+    ratelimit::ClientIp,
+    server::AppState,
+    users::domain::{NewUser, Registration, Role, User},
+};
+
+use super::{
+    INVALID_CREDENTIALS, Principal, TokenPair, keys::Jwks, password::Password, sessions::Refresh,
+};
+
+/// The accounts routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(jwks))
+}
+
+/// 401 for a refresh token that is unknown, expired, revoked or spent.
+const INVALID_REFRESH: ApiError = ApiError::Unauthorized {
+    kind: "/problems/invalid-refresh-token",
+    detail: "the refresh token is invalid, expired or already used; log in again",
+    challenge: r#"Bearer realm="keel""#,
+};
+
+/// `POST /auth/register` answer.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Registered {
+    /// The new account.
+    pub user: User,
+    /// A session for it.
+    #[serde(flatten)]
+    pub tokens: TokenPair,
+}
+
+/// `POST /auth/register` body, as documented.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "ada@example.com", "name": "Ada Lovelace", "password": "correct horse battery staple"}))]
+#[allow(dead_code)] // Documents the body; requests are parsed by `FromJson`.
+pub struct RegisterRequest {
+    /// A valid e-mail address, at most 254 characters; unique regardless of case.
+    #[schema(format = "email", max_length = 254)]
+    email: String,
+    /// Display name: trimmed, then 2–100 characters without control characters.
+    #[schema(
+        min_length = 2,
+        pattern = r"^\s*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]{0,98}[^\s\x00-\x1F\x7F-\x9F]\s*$"
+    )]
+    name: String,
+    /// 12–128 characters.
+    #[schema(format = "password", min_length = 12, max_length = 128)]
+    password: String,
+}
+
+/// `POST /auth/login` body.
+#[derive(Debug, ToSchema)]
+#[schema(example = json!({"email": "ada@example.com", "password": "correct horse battery staple"}))]
+pub struct LoginRequest {
+    /// The account's e-mail address (any case).
+    #[schema(max_length = 254)]
+    email: String,
+    /// The password.
+    #[schema(value_type = String, format = "password", min_length = 1, max_length = 128)]
+    password: Password,
+}
+
+impl FromJson for LoginRequest {
+    fn from_json(value: Value) -> Result<Self, Vec<FieldError>> {
+        let mut reader = ObjectReader::new(value, &["email", "password"])?;
+        // Any string may be an e-mail someone typed: an unknown one is a failed login, not
+        // a validation error, so that both look the same.
+        let email = reader.required("email", |value| {
+            string(value).and_then(|email| {
+                if email.chars().count() > 254 {
+                    Err(Invalid::new("too_long", "must be at most 254 characters"))
+                } else {
+                    Ok(email)
+                }
+            })
+        });
+        let password = reader.required("password", |value| {
+            string(value).and_then(Password::current)
+        });
+        reader.finish()?;
+        match (email, password) {
+            (Some(email), Some(password)) => Ok(Self { email, password }),
+            _ => Err(Vec::new()),
+        }
+    }
+}
+
+/// `POST /auth/refresh` body.
+#[derive(Debug, ToSchema)]
+pub struct RefreshRequest {
+    /// The refresh token of the last pair.
+    #[schema(min_length = 1, max_length = 256)]
+    refresh_token: String,
+}
+
+impl FromJson for RefreshRequest {
+    fn from_json(value: Value) -> Result<Self, Vec<FieldError>> {
+        let mut reader = ObjectReader::new(value, &["refresh_token"])?;
+        let token = reader.required("refresh_token", |value| {
+            string(value).and_then(|token| {
+                if token.is_empty() || token.len() > 256 {
+                    Err(Invalid::new("length", "must be 1–256 characters"))
+                } else {
+                    Ok(token)
+                }
+            })
+        });
+        reader.finish()?;
+        token
+            .map(|refresh_token| Self { refresh_token })
+            .ok_or_else(Vec::new)
+    }
+}
+
+/// Create an account and log in.
+///
+/// Answers the new user and a token pair. The password is stored as an Argon2id hash.
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    tag = "auth",
+    request_body(content = RegisterRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered and logged in", body = Registered,
+            headers(("Location" = String, description = "URL of the new user"))),
+        (status = 409, description = "Another account has this e-mail address", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: every failing field is listed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts from this client", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many password checks running", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn register(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ValidJson(registration): ValidJson<Registration>,
+) -> Result<Response, ApiError> {
+    let hash = state.auth.passwords.hash(&registration.password).await?;
+    let new = NewUser {
+        email: registration.email,
+        name: registration.name,
+        password: Some(registration.password),
+        role: Role::User,
+    };
+    let user = state.users.insert(&new, Some(hash)).await?;
+    state
+        .audit
+        .record(Audit::new(AuditKind::Registered, Some(user.id), Some(ip)))
+        .await;
+    let (session, refresh_token) = state.auth.sessions.start(user.id).await?;
+    let tokens = state.auth.pair(&user, session, refresh_token)?;
+    let mut headers = no_store();
+    if let Ok(location) = HeaderValue::from_str(&format!("/users/{}", user.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(Registered { user, tokens }),
+    )
+        .into_response())
+}
+
+/// Token answers must not be cached (RFC 6749 §5.1).
+fn no_store() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers
+}
+
+/// Log in with e-mail and password.
+///
+/// An unknown e-mail and a wrong password get the same answer after the same work.
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    request_body(content = LoginRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Logged in", body = TokenPair),
+        (status = 401, description = "Wrong e-mail or password", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer challenge"))),
+        (status = 422, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts from this client or for this account", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many password checks running", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ValidJson(request): ValidJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let account = request.email.to_lowercase();
+    state.rate_limits.check_account(&account)?;
+    let found = state.users.credentials(&request.email).await?;
+    let (user, hash) = match &found {
+        Some((user, hash)) => (Some(user), hash.as_deref()),
+        None => (None, None),
+    };
+    let valid = state.auth.passwords.verify(hash, &request.password).await?;
+    let Some(user) = user.filter(|_| valid) else {
+        state.rate_limits.record_login_failure(&account);
+        let audit = Audit::new(AuditKind::LoginFailed, user.map(|u| u.id), Some(ip));
+        let audit = if user.is_some() {
+            audit.detail("wrong password")
+        } else {
+            audit.detail("unknown e-mail address")
+        };
+        state.audit.record(audit).await;
+        return Err(INVALID_CREDENTIALS);
+    };
+    let (session, refresh_token) = state.auth.sessions.start(user.id).await?;
+    state
+        .audit
+        .record(Audit::new(
+            AuditKind::LoginSucceeded,
+            Some(user.id),
+            Some(ip),
+        ))
+        .await;
+    let tokens = state.auth.pair(user, session, refresh_token)?;
+    Ok((no_store(), Json(tokens)).into_response())
+}
+
+/// Exchange a refresh token for a new pair.
+///
+/// The presented refresh token is spent. Presenting a spent one again revokes its whole
+/// session (every token descended from the same login).
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    tag = "auth",
+    request_body(content = RefreshRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A new token pair", body = TokenPair),
+        (status = 401, description = "The refresh token is unknown, expired, revoked or spent", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer challenge"))),
+        (status = 422, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts from this client", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn refresh(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ValidJson(request): ValidJson<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    let (session, token) = match state.auth.sessions.refresh(&request.refresh_token).await? {
+        Refresh::Rotated { session, token } => (session, token),
+        Refresh::Reused { session } => {
+            state.auth.tokens.revoke([session.family_id]);
+            state
+                .audit
+                .record(
+                    Audit::new(AuditKind::RefreshReused, Some(session.user_id), Some(ip))
+                        .detail(format!("session {} revoked", session.family_id)),
+                )
+                .await;
+            return Err(INVALID_REFRESH);
+        }
+        Refresh::Invalid => return Err(INVALID_REFRESH),
+    };
+    // The account may have been deleted since; its role may have changed.
+    let Some(user) = state.users.get(session.user_id).await? else {
+        return Err(INVALID_REFRESH);
+    };
+    let tokens = state.auth.pair(&user, session.family_id, token)?;
+    Ok((no_store(), Json(tokens)).into_response())
+}
+
+/// End this session.
+///
+/// Its refresh tokens stop working, and so do its access tokens.
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn logout(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    principal: Principal,
+) -> Result<StatusCode, ApiError> {
+    state.auth.sessions.revoke_family(principal.session).await?;
+    state.auth.tokens.revoke([principal.session]);
+    state
+        .audit
+        .record(Audit::new(
+            AuditKind::Logout,
+            Some(principal.user_id),
+            Some(ip),
+        ))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// End every session of this account.
+#[utoipa::path(
+    post,
+    path = "/auth/logout-all",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Every session ended"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn logout_all(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    principal: Principal,
+) -> Result<StatusCode, ApiError> {
+    let families = state
+        .auth
+        .sessions
+        .revoke_user(principal.user_id, None)
+        .await?;
+    state.auth.tokens.revoke(families);
+    state.auth.tokens.revoke([principal.session]);
+    state
+        .audit
+        .record(Audit::new(
+            AuditKind::LogoutAll,
+            Some(principal.user_id),
+            Some(ip),
+        ))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The public keys that verify keel's access tokens (RFC 7517).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "auth",
+    responses((status = 200, description = "The key set", body = Jwks))
+)]
+async fn jwks(State(state): State<AppState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        Json(state.auth.tokens.keys().jwks()),
+    )
+        .into_response()
+}
