@@ -211,12 +211,55 @@ impl Config {
         if self.idempotency_ttl_secs == 0 {
             return bad("KEEL_IDEMPOTENCY_TTL_SECS", "must be at least 1");
         }
+        if self.access_token_ttl_secs == 0 {
+            return bad("KEEL_ACCESS_TOKEN_TTL_SECS", "must be at least 1");
+        }
+        if self.refresh_token_ttl_secs == 0 {
+            return bad("KEEL_REFRESH_TOKEN_TTL_SECS", "must be at least 1");
+        }
+        if self.password_hash_memory_kib < 8 || self.password_hash_iterations == 0 {
+            return bad(
+                "KEEL_PASSWORD_HASH_MEMORY_KIB / KEEL_PASSWORD_HASH_ITERATIONS",
+                "must be at least 8 KiB and 1 pass",
+            );
+        }
+        if self.login_failure_limit > 0 && self.login_failure_window_secs == 0 {
+            return bad("KEEL_LOGIN_FAILURE_WINDOW_SECS", "must be at least 1");
+        }
+        if self.environment == Environment::Production {
+            self.validate_production()?;
+        }
         for origin in &self.cors_allowed_origins {
             if http::HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
                 return bad(
                     "KEEL_CORS_ALLOWED_ORIGINS",
                     &format!("{origin:?} is not an origin such as https://app.example.com"),
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Production refuses secrets that are examples, defaults or placeholders, and a
+    /// bootstrap admin password weaker than the password rules.
+    fn validate_production(&self) -> Result<(), ConfigError> {
+        let placeholder = |name: &str| {
+            Err(ConfigError(format!(
+                "{name}: holds a placeholder secret; set a real one (KEEL_ENVIRONMENT=production)"
+            )))
+        };
+        if let Some(url) = &self.database_url {
+            if url::Url::parse(url.expose_secret())
+                .ok()
+                .and_then(|url| url.password().map(str::to_owned))
+                .is_some_and(|password| is_placeholder(&password))
+            {
+                return placeholder("DATABASE_URL");
+            }
+        }
+        if let Some(password) = &self.bootstrap_admin_password {
+            if is_placeholder(password.expose_secret()) {
+                return placeholder("KEEL_BOOTSTRAP_ADMIN_PASSWORD");
             }
         }
         Ok(())
@@ -244,6 +287,24 @@ impl Config {
     pub fn idempotency_ttl(&self) -> Duration {
         Duration::from_secs(self.idempotency_ttl_secs)
     }
+}
+
+/// Secrets seen in examples, defaults and templates rather than chosen by someone.
+const PLACEHOLDERS: [&str; 16] = [
+    "changeme", "change-me", "change_me", "changethis", "password", "secret", "example",
+    "placeholder", "default", "admin", "postgres", "guest", "test", "todo", "xxx", "replace-me",
+];
+
+/// Whether `secret` is (or merely wraps) a well-known placeholder, ignoring case, digits and
+/// punctuation around it: `changeme`, `Password123!`, `<your-secret>`, `secret`.
+fn is_placeholder(secret: &str) -> bool {
+    let lower = secret.to_lowercase();
+    let core = lower.trim_matches(|c: char| !c.is_ascii_alphabetic());
+    core.is_empty()
+        || PLACEHOLDERS.contains(&core)
+        || core.starts_with("your")
+        || core.contains("changeme")
+        || core.contains("change-me")
 }
 
 /// Turns a figment error into one line that names the setting as the user would write it.
@@ -295,4 +356,66 @@ fn list_or_csv<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
             .map(str::to_owned)
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn production() -> Config {
+        Config {
+            environment: Environment::Production,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn placeholders_are_recognised() {
+        for secret in [
+            "changeme",
+            "Password123!",
+            "<your-secret>",
+            "postgres",
+            "CHANGE_ME",
+            "",
+            "12345678",
+        ] {
+            assert!(is_placeholder(secret), "{secret:?}");
+        }
+        for secret in ["p0stgres-9f8e7d", "correct horse battery staple", "vK3#qL9!zT"] {
+            assert!(!is_placeholder(secret), "{secret:?}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_placeholder_secrets_and_names_the_setting() {
+        let config = Config {
+            database_url: Some("postgres://keel:changeme@db/keel".into()),
+            ..production()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("DATABASE_URL"), "{error}");
+        assert!(!error.contains("changeme"), "the secret is not echoed: {error}");
+
+        let config = Config {
+            bootstrap_admin_email: Some("root@example.com".into()),
+            bootstrap_admin_password: Some("password".into()),
+            ..production()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("KEEL_BOOTSTRAP_ADMIN_PASSWORD"), "{error}");
+
+        let config = Config {
+            database_url: Some("postgres://keel:p0stgres-9f8e7d@db/keel".into()),
+            bootstrap_admin_password: Some("correct horse battery staple".into()),
+            ..production()
+        };
+        assert!(config.validate().is_ok());
+        // Development accepts anything.
+        let config = Config {
+            database_url: Some("postgres://keel:changeme@db/keel".into()),
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+    }
 }

@@ -126,7 +126,48 @@ async fn an_invalid_key_is_422(app: TestApp) {
     assert_eq!(header(&response, "idempotent-replayed"), "true");
 }
 
+/// A key belongs to the caller: without the admin's token, the admin's key replays nothing
+/// (the request is judged on its own: 401), and another account's key is its own.
+async fn keys_are_scoped_to_the_caller(app: TestApp) {
+    let body = json!({"email": "ada@example.com", "name": "Ada Lovelace"});
+    let first = post_with_key(&app, "shared-key", &body).await;
+    assert_eq!(first.status(), 201);
+    let anonymous = app
+        .anon
+        .post(app.url("/users"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "shared-key")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(anonymous.headers().get("idempotent-replayed").is_none());
+    let problem = problem(anonymous, 401).await;
+    assert!(!problem.to_string().contains("ada@example.com"), "{problem}");
+    assert_eq!(users(&app).await.len(), 1);
+}
+
+/// Token pairs are never stored for replay: a retried login runs again and answers a new
+/// pair, and no refresh token sits in the idempotency table.
+async fn token_answers_are_not_kept(app: TestApp) {
+    let login = || {
+        app.anon
+            .post(app.url("/auth/login"))
+            .header("idempotency-key", "login-1")
+            .json(&json!({"email": common::ADMIN_EMAIL, "password": common::ADMIN_PASSWORD}))
+            .send()
+    };
+    let first: Value = login().await.unwrap().json().await.unwrap();
+    let second = login().await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert!(second.headers().get("idempotent-replayed").is_none());
+    let second: Value = second.json().await.unwrap();
+    assert_ne!(first["refresh_token"], second["refresh_token"]);
+}
+
 backend_tests!(
+    keys_are_scoped_to_the_caller,
+    token_answers_are_not_kept,
     retry_with_the_same_key_replays_the_first_answer,
     same_key_with_another_body_is_422,
     a_failed_first_request_does_not_keep_the_key,

@@ -14,7 +14,7 @@ pub mod tokens;
 use std::{sync::Arc, time::Duration};
 
 use axum::extract::FromRequestParts;
-use http::{header, request::Parts};
+use http::{HeaderValue, header, request::Parts};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -128,6 +128,17 @@ pub const INVALID_CREDENTIALS: ApiError = ApiError::Unauthorized {
     challenge: CHALLENGE,
 };
 
+/// The token of an `Authorization: Bearer <token>` header value, if it is one.
+pub fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -136,14 +147,7 @@ impl FromRequestParts<AppState> for Principal {
             .headers
             .get(header::AUTHORIZATION)
             .ok_or(MISSING_TOKEN)?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|token| !token.is_empty())
-            .ok_or(INVALID_TOKEN)?;
+        let token = bearer_token(value).ok_or(INVALID_TOKEN)?;
         state.auth.tokens.verify(token).map_err(|error| {
             tracing::debug!(%error, "access token refused");
             INVALID_TOKEN

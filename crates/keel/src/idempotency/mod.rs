@@ -6,6 +6,10 @@
 //! a retry while the first is still running gets 409. Failed answers are not kept, so the
 //! client may retry them. A first request whose instance died is taken over once its lock
 //! (the request timeout) has run out.
+//!
+//! Keys are scoped to the caller (the user of a valid access token, or "anonymous"), so one
+//! account's key never replays another's answer. Answers marked `Cache-Control: no-store`
+//! (token pairs) are never kept: a retry runs again.
 
 mod store;
 
@@ -19,6 +23,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    auth::bearer_token,
     error::{ApiError, FieldError, InputLocation},
     server::AppState,
 };
@@ -83,6 +88,7 @@ async fn run(
             detail: "the request body is larger than the configured limit".to_owned(),
         })?;
     let fingerprint = fingerprint(&parts, &bytes);
+    let key = format!("{}{key}", scope(state, &parts));
     let ttl = state.config.idempotency_ttl();
     let lock = state.config.request_timeout() * 2;
     match store::begin(&state.db, &key, &fingerprint, lock, ttl).await? {
@@ -102,7 +108,7 @@ async fn run(
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
     let status = response.status();
-    if status.is_client_error() || status.is_server_error() {
+    if status.is_client_error() || status.is_server_error() || is_no_store(&response) {
         store::release(&state.db, &key).await?;
         return Ok(response);
     }
@@ -128,6 +134,30 @@ async fn run(
     )
     .await?;
     Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// Whose key it is: `user:<id>:` for a valid access token, `anon:` otherwise.
+fn scope(state: &AppState, parts: &http::request::Parts) -> String {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(bearer_token)
+        .and_then(|token| state.auth.tokens.verify(token).ok())
+        .map_or_else(
+            || "anon:".to_owned(),
+            |principal| format!("user:{}:", principal.user_id),
+        )
+}
+
+/// Whether the answer must not be stored (RFC 9111 §5.2.2.5): token pairs, for one.
+fn is_no_store(response: &Response) -> bool {
+    response
+        .headers()
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|directive| directive.trim().eq_ignore_ascii_case("no-store"))
 }
 
 /// What identifies "the same request": method, path and query, media type and body.
