@@ -291,8 +291,22 @@ impl Config {
 
 /// Secrets seen in examples, defaults and templates rather than chosen by someone.
 const PLACEHOLDERS: [&str; 16] = [
-    "changeme", "change-me", "change_me", "changethis", "password", "secret", "example",
-    "placeholder", "default", "admin", "postgres", "guest", "test", "todo", "xxx", "replace-me",
+    "changeme",
+    "change-me",
+    "change_me",
+    "changethis",
+    "password",
+    "secret",
+    "example",
+    "placeholder",
+    "default",
+    "admin",
+    "postgres",
+    "guest",
+    "test",
+    "todo",
+    "xxx",
+    "replace-me",
 ];
 
 /// Whether `secret` is (or merely wraps) a well-known placeholder, ignoring case, digits and
@@ -382,7 +396,11 @@ mod tests {
         ] {
             assert!(is_placeholder(secret), "{secret:?}");
         }
-        for secret in ["p0stgres-9f8e7d", "correct horse battery staple", "vK3#qL9!zT"] {
+        for secret in [
+            "p0stgres-9f8e7d",
+            "correct horse battery staple",
+            "vK3#qL9!zT",
+        ] {
             assert!(!is_placeholder(secret), "{secret:?}");
         }
     }
@@ -395,7 +413,10 @@ mod tests {
         };
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("DATABASE_URL"), "{error}");
-        assert!(!error.contains("changeme"), "the secret is not echoed: {error}");
+        assert!(
+            !error.contains("changeme"),
+            "the secret is not echoed: {error}"
+        );
 
         let config = Config {
             bootstrap_admin_email: Some("root@example.com".into()),

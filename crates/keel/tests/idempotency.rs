@@ -143,7 +143,10 @@ async fn keys_are_scoped_to_the_caller(app: TestApp) {
         .unwrap();
     assert!(anonymous.headers().get("idempotent-replayed").is_none());
     let problem = problem(anonymous, 401).await;
-    assert!(!problem.to_string().contains("ada@example.com"), "{problem}");
+    assert!(
+        !problem.to_string().contains("ada@example.com"),
+        "{problem}"
+    );
     assert_eq!(users(&app).await.len(), 1);
 }
 

@@ -71,19 +71,28 @@ pub struct RegisterRequest {
     password: String,
 }
 
-/// `POST /auth/login` body.
-#[derive(Debug, ToSchema)]
+/// `POST /auth/login` body, as documented.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"email": "ada@example.com", "password": "correct horse battery staple"}))]
+#[allow(dead_code)] // Documents the body; requests are parsed into `Login`.
 pub struct LoginRequest {
     /// The account's e-mail address (any case).
     #[schema(max_length = 254)]
     email: String,
     /// The password.
-    #[schema(value_type = String, format = "password", min_length = 1, max_length = 128)]
+    #[schema(format = "password", min_length = 1, max_length = 128)]
+    password: String,
+}
+
+/// A validated `POST /auth/login` body.
+#[derive(Debug)]
+struct Login {
+    email: String,
     password: Password,
 }
 
-impl FromJson for LoginRequest {
+impl FromJson for Login {
     fn from_json(value: Value) -> Result<Self, Vec<FieldError>> {
         let mut reader = ObjectReader::new(value, &["email", "password"])?;
         // Any string may be an e-mail someone typed: an unknown one is a failed login, not
@@ -108,15 +117,23 @@ impl FromJson for LoginRequest {
     }
 }
 
-/// `POST /auth/refresh` body.
-#[derive(Debug, ToSchema)]
+/// `POST /auth/refresh` body, as documented.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Documents the body; requests are parsed into `RefreshBody`.
 pub struct RefreshRequest {
     /// The refresh token of the last pair.
     #[schema(min_length = 1, max_length = 256)]
     refresh_token: String,
 }
 
-impl FromJson for RefreshRequest {
+/// A validated `POST /auth/refresh` body.
+#[derive(Debug)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+impl FromJson for RefreshBody {
     fn from_json(value: Value) -> Result<Self, Vec<FieldError>> {
         let mut reader = ObjectReader::new(value, &["refresh_token"])?;
         let token = reader.required("refresh_token", |value| {
@@ -210,7 +227,7 @@ fn no_store() -> HeaderMap {
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    ValidJson(request): ValidJson<LoginRequest>,
+    ValidJson(request): ValidJson<Login>,
 ) -> Result<Response, ApiError> {
     let account = request.email.to_lowercase();
     state.rate_limits.check_account(&account)?;
@@ -264,7 +281,7 @@ async fn login(
 async fn refresh(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    ValidJson(request): ValidJson<RefreshRequest>,
+    ValidJson(request): ValidJson<RefreshBody>,
 ) -> Result<Response, ApiError> {
     let (session, token) = match state.auth.sessions.refresh(&request.refresh_token).await? {
         Refresh::Rotated { session, token } => (session, token),

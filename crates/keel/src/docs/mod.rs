@@ -54,22 +54,27 @@ pub struct ApiDoc;
 /// 408, and for those with a body 400, 413 and 415) so that every documented operation
 /// lists every error it may return.
 pub fn complete(document: &mut Document) {
-    document
-        .components
-        .get_or_insert_with(Default::default)
-        .add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .description(Some(
-                        "An access token from /auth/login, /auth/register or /auth/refresh \
-                         (EdDSA JWT; keys at /.well-known/jwks.json)",
-                    ))
-                    .build(),
-            ),
+    let components = document.components.get_or_insert_with(Default::default);
+    // JSON Schema 2020-12's `dependentRequired`, which utoipa has no attribute for.
+    if let Some(RefOr::T(Schema::Object(body))) = components.schemas.get_mut("UpdateMeRequest") {
+        body.extensions.get_or_insert_with(Default::default).insert(
+            "dependentRequired".to_owned(),
+            serde_json::json!({"email": ["current_password"], "password": ["current_password"]}),
         );
+    }
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .description(Some(
+                    "An access token from /auth/login, /auth/register or /auth/refresh \
+                         (EdDSA JWT; keys at /.well-known/jwks.json)",
+                ))
+                .build(),
+        ),
+    );
     let problem = |description: &str| {
         ResponseBuilder::new()
             .description(description)

@@ -204,7 +204,7 @@ pub struct OwnChanges {
     pub changes: UserChanges,
     /// The new password.
     pub password: Option<Password>,
-    /// The current password, required to set a new one.
+    /// The current password, required to change the e-mail address or the password.
     pub current_password: Option<Password>,
 }
 
@@ -282,10 +282,14 @@ impl FromJson for OwnChanges {
         let current_password = reader.optional("current_password", |value| {
             string(value).and_then(Password::current)
         });
-        if password.is_some() && current_password.is_none() {
+        // Both let whoever holds a stolen access token take the account over for good.
+        if (password.is_some() || email.is_some()) && current_password.is_none() {
             reader.fail_field(
                 "current_password",
-                Invalid::new("missing", "required to change the password"),
+                Invalid::new(
+                    "missing",
+                    "required to change the e-mail address or the password",
+                ),
             );
         }
         reader.finish()?;
@@ -356,7 +360,8 @@ pub struct UpdateUserRequest {
 #[schema(example = json!({"password": "a new long passphrase", "current_password": "correct horse battery staple"}))]
 #[allow(dead_code)] // Documents the body (serde's attributes shape the schema); requests are parsed by `FromJson`.
 pub struct UpdateMeRequest {
-    /// A valid e-mail address, at most 254 characters; unique regardless of case.
+    /// A new e-mail address, at most 254 characters, unique regardless of case; needs
+    /// `current_password`.
     #[schema(format = "email", max_length = 254, nullable = false)]
     email: Option<String>,
     /// Display name: trimmed, then 2–100 characters without control characters.
@@ -374,7 +379,7 @@ pub struct UpdateMeRequest {
         nullable = false
     )]
     password: Option<String>,
-    /// The current password, required with `password`.
+    /// The current password, required with `email` or `password`.
     #[schema(
         format = "password",
         min_length = 1,

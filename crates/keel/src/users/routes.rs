@@ -364,8 +364,8 @@ async fn get_me(State(state): State<AppState>, principal: Principal) -> Result<R
 
 /// Change your own name, e-mail address or password.
 ///
-/// A new `password` needs the `current_password`; setting it ends every other session of
-/// the account.
+/// A new `email` or `password` needs the `current_password`; a new password ends every
+/// other session of the account.
 #[utoipa::path(
     patch,
     path = "/users/me",
@@ -382,7 +382,8 @@ async fn get_me(State(state): State<AppState>, principal: Principal) -> Result<R
         (status = 404, description = "The account was deleted", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another user has this e-mail address", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The user changed since the given entity tag", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input, or the current password is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "current_password is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: every failing field is listed", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong passwords for this account", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -394,7 +395,7 @@ async fn update_me(
     ValidJson(own): ValidJson<OwnChanges>,
 ) -> Result<Response, ApiError> {
     let me = principal.user_id;
-    if let (Some(_), Some(current_password)) = (&own.password, &own.current_password) {
+    if let Some(current_password) = &own.current_password {
         let user = state.users.get(me).await?.ok_or(NOT_FOUND)?;
         let account = user.email.to_lowercase();
         state.rate_limits.check_account(&account)?;
@@ -406,12 +407,9 @@ async fn update_me(
             .await?
         {
             state.rate_limits.record_login_failure(&account);
-            return Err(ApiError::invalid(FieldError::new(
-                InputLocation::Body,
-                "/current_password",
-                "incorrect",
-                "is not the account's current password",
-            )));
+            return Err(ApiError::Forbidden(
+                "current_password is not the account's password",
+            ));
         }
     }
     let (_, mut user) = apply(&state, me, &if_match, &own.changes).await?;
