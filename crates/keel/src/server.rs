@@ -114,7 +114,10 @@ pub fn app(state: AppState, static_files: StaticFiles) -> (Router, utoipa::opena
         .nest_service("/static", static_files)
         .fallback(|| async { ::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { ::http::StatusCode::METHOD_NOT_ALLOWED });
-    (http::apply(router, &state.config), document)
+    (
+        http::apply(router, &state.config, &state.rate_limits),
+        document,
+    )
 }
 
 /// A bound, migrated, ready-to-run keel.
@@ -197,7 +200,11 @@ impl Server {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
         });
-        let server = axum::serve(listener, router).with_graceful_shutdown(stop_accepting);
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop_accepting);
         let grace = state.config.shutdown_timeout() + drain;
         let shutdown = state.shutdown.clone();
         tokio::select! {

@@ -17,14 +17,19 @@ use tower_http::{
     timeout::TimeoutLayer,
 };
 
-use crate::{config::Config, error::ApiError, telemetry::RequestLogLayer};
+use crate::{
+    config::Config,
+    error::ApiError,
+    ratelimit::{RateLimitLayer, RateLimits},
+    telemetry::RequestLogLayer,
+};
 
 use super::{problem::ProblemLayer, request_id, security_headers};
 
 /// Wraps every route of `router` in keel's middleware, outermost first:
-/// request id → request log → problem rendering → security headers → CORS →
+/// request id → request log → problem rendering → rate limits → security headers → CORS →
 /// compression → panic catcher → body limit → timeout.
-pub fn apply(router: Router, config: &Config) -> Router {
+pub fn apply(router: Router, config: &Config, limits: &RateLimits) -> Router {
     // One `Router::layer` call: each call boxes every route once more, and a boxed
     // route is cloned and its future boxed again on every request.
     let stack = ServiceBuilder::new()
@@ -36,6 +41,7 @@ pub fn apply(router: Router, config: &Config) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
         .layer(RequestLogLayer)
         .layer(ProblemLayer)
+        .layer(RateLimitLayer::new(limits.clone()))
         .map_response(security_headers::add)
         .option_layer(cors(config))
         .layer(CompressionLayer::new().compress_when(compressible()))
@@ -124,6 +130,9 @@ fn cors(config: &Config) -> Option<CorsLayer> {
                 header::ETAG,
                 header::LOCATION,
                 header::LINK,
+                header::RETRY_AFTER,
+                crate::ratelimit::layer::RATELIMIT,
+                crate::ratelimit::layer::RATELIMIT_POLICY,
                 request_id::X_REQUEST_ID,
             ])
             .max_age(Duration::from_secs(600)),
@@ -137,6 +146,10 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    fn limits() -> RateLimits {
+        RateLimits::from_config(&Config::default()).unwrap()
+    }
 
     async fn call(router: Router, path: &str) -> (StatusCode, http::HeaderMap, serde_json::Value) {
         let response = router
@@ -157,7 +170,8 @@ mod tests {
             panic!("secret detail: SELECT * FROM users")
         }
         let router = Router::new().route("/boom", get(boom));
-        let (status, headers, body) = call(apply(router, &Config::default()), "/boom").await;
+        let (status, headers, body) =
+            call(apply(router, &Config::default(), &limits()), "/boom").await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
         assert_eq!(body["status"], 500);
@@ -182,7 +196,7 @@ mod tests {
             request_timeout_secs: 1,
             ..Config::default()
         };
-        let (status, headers, body) = call(apply(router, &config), "/slow").await;
+        let (status, headers, body) = call(apply(router, &config, &limits()), "/slow").await;
         assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
         assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
         assert_eq!(body["title"], "Request Timeout");

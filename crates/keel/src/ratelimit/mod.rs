@@ -1,23 +1,367 @@
-//! TEMPORARY scaffold.
+//! Rate limits: a general limit per client on every route, a stricter one per client on the
+//! credential routes (login, register, refresh), and a limit of failed logins per account.
+//!
+//! Per-client limits are GCRA (governor) keyed by the client address, which is the socket's
+//! peer unless that peer is a trusted proxy (see [`client`]). Every limited response carries
+//! the IETF `RateLimit-Policy` and `RateLimit` headers; a refused one is a 429 problem with
+//! `Retry-After`. The state lives in this process: behind a load balancer each instance
+//! counts its own clients.
+
+pub mod client;
+pub mod layer;
+
+use std::{
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    middleware::StateInformationMiddleware,
+    state::keyed::DefaultKeyedStateStore,
+};
+use http::HeaderValue;
+use moka::sync::Cache;
+
 use crate::{config::Config, error::ApiError};
-use axum::extract::FromRequestParts;
-use http::request::Parts;
-use std::net::IpAddr;
-#[derive(Clone, Debug)]
-pub struct RateLimits;
-impl RateLimits {
-    pub fn from_config(_: &Config) -> anyhow::Result<Self> {
-        Ok(Self)
+
+pub use client::{ClientIp, TrustedProxies};
+pub use layer::RateLimitLayer;
+
+/// How often idle clients are forgotten.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Accounts whose failed logins are counted at once, at most.
+const MAX_ACCOUNTS: u64 = 100_000;
+
+type KeyedLimiter =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+
+/// One per-client limit: `quota` requests per minute.
+struct Limit {
+    name: &'static str,
+    per_minute: u32,
+    limiter: KeyedLimiter,
+    /// `RateLimit-Policy` member for this limit.
+    policy: String,
+}
+
+/// What a check of one limit found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let through; `remaining` more fit now, the quota is whole again in `reset` seconds.
+    Allowed {
+        /// Requests left.
+        remaining: u32,
+        /// Seconds until the quota is whole again.
+        reset: u64,
+    },
+    /// Refused for `retry_after` seconds.
+    Refused {
+        /// Seconds until one more request fits.
+        retry_after: u64,
+    },
+}
+
+impl Limit {
+    fn new(name: &'static str, per_minute: u32) -> Option<Self> {
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute)?);
+        Some(Self {
+            name,
+            per_minute,
+            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            policy: format!("\"{name}\";q={per_minute};w=60"),
+        })
     }
-    pub fn check_account(&self, _: &str) -> Result<(), ApiError> {
+
+    /// Takes one request of `client`'s quota, if there is one.
+    fn check(&self, client: IpAddr) -> Decision {
+        match self.limiter.check_key(&client) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                // Each used request comes back after 60/q seconds.
+                let used = u64::from(self.per_minute.saturating_sub(remaining));
+                Decision::Allowed {
+                    remaining,
+                    reset: (used * 60).div_ceil(u64::from(self.per_minute)),
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
+                Decision::Refused {
+                    retry_after: whole_seconds(wait),
+                }
+            }
+        }
+    }
+
+    /// The `RateLimit` member for `decision`.
+    fn header_member(&self, decision: &Decision) -> String {
+        match decision {
+            Decision::Allowed { remaining, reset } => {
+                format!("\"{}\";r={remaining};t={reset}", self.name)
+            }
+            Decision::Refused { retry_after } => format!("\"{}\";r=0;t={retry_after}", self.name),
+        }
+    }
+}
+
+/// Seconds, rounded up, at least 1.
+fn whole_seconds(duration: Duration) -> u64 {
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    seconds.max(1)
+}
+
+/// Failed logins of one account within the current window.
+struct Failures {
+    started: Instant,
+    count: AtomicU32,
+}
+
+struct Inner {
+    general: Option<Limit>,
+    credentials: Option<Limit>,
+    /// Failed logins per lower-cased e-mail; an entry lives one window from its first failure.
+    failures: Option<(u32, Duration, Cache<String, Arc<Failures>>)>,
+    proxies: TrustedProxies,
+}
+
+/// The limits of one keel process, built once from the configuration.
+#[derive(Clone)]
+pub struct RateLimits(Arc<Inner>);
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("general", &self.0.general.as_ref().map(|l| l.per_minute))
+            .field(
+                "credentials",
+                &self.0.credentials.as_ref().map(|l| l.per_minute),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Both limits' answers for one request, and the headers that describe them.
+#[derive(Debug)]
+pub struct Verdict {
+    /// Seconds to wait when a limit refused the request.
+    pub refused: Option<u64>,
+    /// `RateLimit-Policy` and `RateLimit`, when a limit applied.
+    pub headers: Option<(HeaderValue, HeaderValue)>,
+}
+
+impl RateLimits {
+    /// The limits `config` asks for. Forgets idle clients every minute when a runtime is
+    /// running (the sweep stops once the limits are dropped).
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let failures = (config.login_failure_limit > 0).then(|| {
+            let window = Duration::from_secs(config.login_failure_window_secs);
+            let cache = Cache::builder()
+                .max_capacity(MAX_ACCOUNTS)
+                .time_to_live(window)
+                .build();
+            (config.login_failure_limit, window, cache)
+        });
+        let limits = Self(Arc::new(Inner {
+            general: Limit::new("general", config.rate_limit_per_minute),
+            credentials: Limit::new("auth", config.auth_rate_limit_per_minute),
+            failures,
+            proxies: TrustedProxies::parse(&config.trusted_proxies)?,
+        }));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&limits.0)));
+        }
+        Ok(limits)
+    }
+
+    /// The trusted proxies.
+    pub fn proxies(&self) -> &TrustedProxies {
+        &self.0.proxies
+    }
+
+    /// Counts one request of `client` against the general limit and, for a credential
+    /// route, against the strict one.
+    pub fn check(&self, client: IpAddr, credential_route: bool) -> Verdict {
+        let limits = [
+            self.0.general.as_ref(),
+            self.0.credentials.as_ref().filter(|_| credential_route),
+        ];
+        let mut refused: Option<u64> = None;
+        let mut policies = Vec::new();
+        let mut members = Vec::new();
+        for limit in limits.into_iter().flatten() {
+            let decision = limit.check(client);
+            if let Decision::Refused { retry_after } = decision {
+                refused = Some(refused.map_or(retry_after, |r| r.max(retry_after)));
+            }
+            policies.push(limit.policy.as_str());
+            members.push(limit.header_member(&decision));
+        }
+        let headers = (!policies.is_empty())
+            .then(|| {
+                Some((
+                    HeaderValue::from_str(&policies.join(", ")).ok()?,
+                    HeaderValue::from_str(&members.join(", ")).ok()?,
+                ))
+            })
+            .flatten();
+        Verdict { refused, headers }
+    }
+
+    /// Refuses while `account` (a lower-cased e-mail) has used up its failed logins.
+    pub fn check_account(&self, account: &str) -> Result<(), ApiError> {
+        let Some((limit, window, cache)) = &self.0.failures else {
+            return Ok(());
+        };
+        let Some(failures) = cache.get(account) else {
+            return Ok(());
+        };
+        let elapsed = failures.started.elapsed();
+        if failures.count.load(Ordering::Acquire) >= *limit && elapsed < *window {
+            return Err(ApiError::TooManyRequests {
+                detail: "too many failed logins for this account; try again later",
+                retry_after_secs: whole_seconds(*window - elapsed),
+            });
+        }
         Ok(())
     }
-    pub fn record_login_failure(&self, _: &str) {}
+
+    /// Counts one failed login (or failed password confirmation) against `account`.
+    pub fn record_login_failure(&self, account: &str) {
+        if let Some((_, _, cache)) = &self.0.failures {
+            let failures = cache.get_with(account.to_owned(), || {
+                Arc::new(Failures {
+                    started: Instant::now(),
+                    count: AtomicU32::new(0),
+                })
+            });
+            failures.count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
-pub struct ClientIp(pub IpAddr);
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(_: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(IpAddr::from([0, 0, 0, 0])))
+
+/// Forgets clients whose quota is whole again, so the maps only hold recent clients.
+async fn sweep(limits: Weak<Inner>) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let Some(limits) = limits.upgrade() else {
+            return;
+        };
+        for limit in [&limits.general, &limits.credentials].into_iter().flatten() {
+            limit.limiter.retain_recent();
+            limit.limiter.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(general: u32, auth: u32, failures: u32) -> RateLimits {
+        RateLimits::from_config(&Config {
+            rate_limit_per_minute: general,
+            auth_rate_limit_per_minute: auth,
+            login_failure_limit: failures,
+            login_failure_window_secs: 60,
+            ..Config::default()
+        })
+        .unwrap()
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    fn header(verdict: &Verdict) -> (String, String) {
+        let (policy, state) = verdict.headers.clone().unwrap();
+        (
+            policy.to_str().unwrap().to_owned(),
+            state.to_str().unwrap().to_owned(),
+        )
+    }
+
+    #[test]
+    fn the_quota_counts_down_then_refuses_with_a_wait() {
+        let limits = limits(3, 0, 0);
+        let first = limits.check(CLIENT, false);
+        assert_eq!(first.refused, None);
+        assert_eq!(
+            header(&first),
+            (
+                "\"general\";q=3;w=60".to_owned(),
+                "\"general\";r=2;t=20".to_owned()
+            )
+        );
+        assert_eq!(
+            header(&limits.check(CLIENT, false)).1,
+            "\"general\";r=1;t=40"
+        );
+        assert_eq!(
+            header(&limits.check(CLIENT, false)).1,
+            "\"general\";r=0;t=60"
+        );
+        let refused = limits.check(CLIENT, false);
+        let wait = refused.refused.expect("the fourth request is refused");
+        assert!((19..=20).contains(&wait), "{wait}");
+        assert_eq!(header(&refused).1, format!("\"general\";r=0;t={wait}"));
+        // Another client has its own quota.
+        assert_eq!(limits.check(OTHER, false).refused, None);
+    }
+
+    #[test]
+    fn credential_routes_meet_both_limits() {
+        let limits = limits(100, 2, 0);
+        let verdict = limits.check(CLIENT, true);
+        assert_eq!(
+            header(&verdict),
+            (
+                "\"general\";q=100;w=60, \"auth\";q=2;w=60".to_owned(),
+                "\"general\";r=99;t=1, \"auth\";r=1;t=30".to_owned()
+            )
+        );
+        assert_eq!(limits.check(CLIENT, true).refused, None);
+        assert!(limits.check(CLIENT, true).refused.is_some());
+        // Other routes only meet the general limit.
+        assert_eq!(limits.check(CLIENT, false).refused, None);
+    }
+
+    #[test]
+    fn no_limit_no_headers() {
+        let verdict = limits(0, 0, 0).check(CLIENT, true);
+        assert_eq!(verdict.refused, None);
+        assert!(verdict.headers.is_none());
+    }
+
+    #[test]
+    fn failed_logins_lock_the_account_for_the_window() {
+        let limits = limits(0, 0, 2);
+        assert!(limits.check_account("ada@example.com").is_ok());
+        limits.record_login_failure("ada@example.com");
+        assert!(limits.check_account("ada@example.com").is_ok());
+        limits.record_login_failure("ada@example.com");
+        match limits.check_account("ada@example.com") {
+            Err(ApiError::TooManyRequests {
+                retry_after_secs, ..
+            }) => assert!((59..=60).contains(&retry_after_secs)),
+            other => panic!("expected 429, got {other:?}"),
+        }
+        assert!(limits.check_account("grace@example.com").is_ok());
+    }
+
+    #[test]
+    fn failure_counting_can_be_off() {
+        let limits = limits(0, 0, 0);
+        for _ in 0..10 {
+            limits.record_login_failure("ada@example.com");
+        }
+        assert!(limits.check_account("ada@example.com").is_ok());
     }
 }

@@ -127,6 +127,10 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
         // parameters' effect is tested where it matters.
         password_hash_memory_kib: 1024,
         password_hash_iterations: 1,
+        // Tests that are about limits turn them on.
+        rate_limit_per_minute: 0,
+        auth_rate_limit_per_minute: 0,
+        login_failure_limit: 0,
         ..Config::default()
     }
 }
