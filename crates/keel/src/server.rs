@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
     audit::{self, AuditLog},
-    auth::{self, Auth, bootstrap::bootstrap_admin},
+    auth::{self, Auth, bootstrap::bootstrap_admin, keys::KeyRing},
     compute::{self, CpuPool},
     config::Config,
     db::Db,
@@ -130,6 +130,8 @@ pub struct Server {
 impl Server {
     /// Connects to the database, applies migrations and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Keys first: a production start without them touches nothing.
+        let keys = KeyRing::load(&config)?;
         let db = Db::connect(&config).await?;
         db.migrate().await?;
         let addr = SocketAddr::new(config.host, config.port);
@@ -140,7 +142,7 @@ impl Server {
             config.compute_threads(),
             config.compute_queue,
         )?);
-        let auth = Auth::new(&config, db.clone()).await?;
+        let auth = Auth::new(&config, keys, db.clone()).await?;
         let users = UserStore::new(db.clone());
         let audit = AuditLog::new(db.clone());
         bootstrap_admin(&config, &users, &auth.passwords, &audit).await?;

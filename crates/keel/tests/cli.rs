@@ -419,3 +419,190 @@ async fn json_logs_describe_each_request() {
         "logs go to stdout only"
     );
 }
+
+/// `keel admin create` with the password piped in.
+fn admin_create(dir: &Path, email: &str, password: &str) -> Output {
+    use std::io::Write;
+    let mut child = keel(dir)
+        .args(["admin", "create", "--email", email, "--name", "Root Admin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keel runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{password}").unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn admin_create_makes_an_admin_who_can_log_in() {
+    let dir = TempDir::new().unwrap();
+    let output = admin_create(dir.path(), "root@example.com", "root password 0123");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("created admin"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(!stdout(&output).contains("root password"));
+
+    let again = admin_create(dir.path(), "ROOT@example.com", "root password 0123");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let short = admin_create(dir.path(), "other@example.com", "short");
+    assert_eq!(short.status.code(), Some(1));
+    assert!(
+        stderr(&short).contains("password: must be at least 12"),
+        "{}",
+        stderr(&short)
+    );
+
+    let app = serve(dir.path(), &[]).await;
+    let response = app
+        .client
+        .post(app.url("/auth/login"))
+        .header("authorization", "")
+        .json(&json!({"email": "root@example.com", "password": "root password 0123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let token = response.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Value = app
+        .client
+        .get(app.url("/users/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (me["email"].as_str(), me["role"].as_str()),
+        (Some("root@example.com"), Some("admin"))
+    );
+}
+
+#[test]
+fn production_refuses_generated_keys_and_placeholder_secrets() {
+    let dir = TempDir::new().unwrap();
+    let output = run(keel(dir.path()).env("KEEL_ENVIRONMENT", "production"));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("KEEL_JWT_PRIVATE_KEY_FILE"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !dir.path().join("data/jwt-ed25519.pem").exists(),
+        "no key was generated"
+    );
+    assert_config_error(
+        dir.path(),
+        &[
+            ("KEEL_ENVIRONMENT", "production"),
+            ("KEEL_BOOTSTRAP_ADMIN_PASSWORD", "changeme"),
+        ],
+        &[],
+        "KEEL_BOOTSTRAP_ADMIN_PASSWORD",
+    );
+    assert_config_error(
+        dir.path(),
+        &[
+            ("KEEL_ENVIRONMENT", "production"),
+            ("DATABASE_URL", "postgres://keel:password@db/keel"),
+        ],
+        &[],
+        "DATABASE_URL",
+    );
+}
+
+/// A whole session with debug logs on: the password and the refresh token appear in no log
+/// line, and the password in no response.
+#[tokio::test]
+async fn secrets_never_reach_the_log() {
+    let dir = TempDir::new().unwrap();
+    let app = serve(dir.path(), &[("RUST_LOG", "debug"), ("LOG_FORMAT", "json")]).await;
+    let password = "Zebra-Quartz-7781-password";
+    let post = |path: &str, body: Value| {
+        app.client
+            .post(app.url(path))
+            .header("authorization", "")
+            .json(&body)
+            .send()
+    };
+    let mut answers = String::new();
+    let registered = post(
+        "/auth/register",
+        json!({"email": "ada@example.com", "name": "Ada", "password": password}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(registered.status(), 201);
+    let registered: Value = registered.json().await.unwrap();
+    answers.push_str(&registered.to_string());
+    let failed = post(
+        "/auth/login",
+        json!({"email": "ada@example.com", "password": format!("{password}x")}),
+    )
+    .await
+    .unwrap();
+    answers.push_str(&failed.text().await.unwrap());
+    let tokens: Value = post(
+        "/auth/login",
+        json!({"email": "ada@example.com", "password": password}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let renewed: Value = post("/auth/refresh", json!({"refresh_token": refresh}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = renewed["access_token"].as_str().unwrap();
+    let changed = app
+        .client
+        .patch(app.url("/users/me"))
+        .bearer_auth(access)
+        .json(&json!({"password": "a different passphrase", "current_password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    answers.push_str(&changed.text().await.unwrap());
+    // The spent refresh token again: reuse detection logs an event, not the token.
+    assert_eq!(
+        post("/auth/refresh", json!({"refresh_token": refresh}))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = format!("{}{}", app.stdout(), app.stderr());
+    assert!(logs.contains("refresh.reused"), "the audit lines are there");
+    for secret in [
+        password,
+        "a different passphrase",
+        refresh.as_str(),
+        "$argon2id$",
+    ] {
+        assert!(!logs.contains(secret), "{secret} is in the log");
+        assert!(!answers.contains(secret), "{secret} is in a response");
+    }
+}

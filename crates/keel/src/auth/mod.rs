@@ -40,10 +40,9 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Loads the keys and remembers the sessions revoked while their access tokens may
-    /// still be alive (revocations made before a restart keep working).
-    pub async fn new(config: &Config, db: Db) -> anyhow::Result<Arc<Self>> {
-        let keys = KeyRing::load(config)?;
+    /// Uses `keys` and remembers the sessions revoked while their access tokens may still
+    /// be alive (revocations made before a restart keep working).
+    pub async fn new(config: &Config, keys: KeyRing, db: Db) -> anyhow::Result<Arc<Self>> {
         let ttl = Duration::from_secs(config.access_token_ttl_secs);
         let tokens = Tokens::new(keys, &config.jwt_issuer, &config.jwt_audience, ttl);
         let sessions = SessionStore::new(db, Duration::from_secs(config.refresh_token_ttl_secs));
