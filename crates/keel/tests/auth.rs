@@ -77,8 +77,23 @@ async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
 }
 
 async fn me(app: &TestApp, access: &str) -> reqwest::Response {
+    get_as(app, "/users/me", access).await
+}
+
+/// `GET path` with `access` as the bearer token.
+async fn get_as(app: &TestApp, path: &str, access: &str) -> reqwest::Response {
     app.anon
-        .get(app.url("/users/me"))
+        .get(app.url(path))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST path` without a body, with `access` as the bearer token.
+async fn post_as(app: &TestApp, path: &str, access: &str) -> reqwest::Response {
+    app.anon
+        .post(app.url(path))
         .bearer_auth(access)
         .send()
         .await
@@ -288,25 +303,13 @@ async fn logout_ends_one_session_and_logout_all_every_one(app: TestApp) {
     let (_, one) = new_account(&app, "ada@example.com").await;
     let two = session(&app, "ada@example.com", PASSWORD).await;
     let three = session(&app, "ada@example.com", PASSWORD).await;
-    let out = app
-        .anon
-        .post(app.url("/auth/logout"))
-        .bearer_auth(&one.access)
-        .send()
-        .await
-        .unwrap();
+    let out = post_as(&app, "/auth/logout", &one.access).await;
     assert_eq!(out.status(), 204);
     assert_eq!(refresh(&app, &one.refresh).await.status(), 401);
     assert_401(me(&app, &one.access).await, true).await;
     assert_eq!(me(&app, &two.access).await.status(), 200);
 
-    let all = app
-        .anon
-        .post(app.url("/auth/logout-all"))
-        .bearer_auth(&two.access)
-        .send()
-        .await
-        .unwrap();
+    let all = post_as(&app, "/auth/logout-all", &two.access).await;
     assert_eq!(all.status(), 204);
     for session in [&two, &three] {
         assert_eq!(refresh(&app, &session.refresh).await.status(), 401);
@@ -539,13 +542,7 @@ async fn an_admin_changes_roles_and_the_new_role_takes_effect(app: TestApp) {
     assert_eq!(refresh(&app, &old.refresh).await.status(), 401);
     let new = session(&app, "ada@example.com", PASSWORD).await;
     assert_eq!(jwt_part(&new.access, 1)["role"], "admin");
-    let list = app
-        .anon
-        .get(app.url("/users"))
-        .bearer_auth(&new.access)
-        .send()
-        .await
-        .unwrap();
+    let list = get_as(&app, "/users", &new.access).await;
     assert_eq!(list.status(), 200);
     // An admin creates users with a password and a role.
     let created = app
@@ -788,13 +785,7 @@ async fn other_audiences_and_issuers_are_refused(backend: Backend) {
             jwt_part(&app.admin_token, 0)["kid"],
             "same key"
         );
-        let refused = app
-            .anon
-            .get(app.url("/admin/audit-events"))
-            .bearer_auth(&foreign.access)
-            .send()
-            .await
-            .unwrap();
+        let refused = get_as(&app, "/admin/audit-events", &foreign.access).await;
         assert_401(refused, true).await;
     }
 }
@@ -851,22 +842,10 @@ async fn rotating_the_key_keeps_old_tokens_valid(backend: Backend) {
         "new tokens use the new key"
     );
     // A token of the old key (an admin of another database: the route needs no row of it).
-    let response = rotated
-        .anon
-        .get(rotated.url("/admin/audit-events"))
-        .bearer_auth(&old.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_as(&rotated, "/admin/audit-events", &old.admin_token).await;
     assert_eq!(response.status(), 200);
     // Without the previous key configured, that token is refused.
-    let response = fresh
-        .anon
-        .get(fresh.url("/admin/audit-events"))
-        .bearer_auth(&old.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_as(&fresh, "/admin/audit-events", &old.admin_token).await;
     assert_401(response, true).await;
 }
 

@@ -5,7 +5,6 @@ use axum::{
     extract::State,
     response::{IntoResponse, Response},
 };
-use http::{HeaderMap, header};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -15,7 +14,7 @@ use crate::{
     error::{ApiError, Problem},
     http::{
         extract::QueryPairs,
-        pagination::{self, Cursor, PageRequest},
+        pagination::{self, PageRequest},
     },
     server::AppState,
 };
@@ -65,19 +64,8 @@ async fn list_events(
         return Err(ApiError::Validation(errors));
     }
     let (items, more) = state.audit.page(page.limit, page.after).await?;
-    let next = more.then(|| items.last().map(|e| Cursor(e.id))).flatten();
-    let mut headers = HeaderMap::new();
-    if let Some(cursor) = &next {
-        let limit = page.limit.to_string();
-        if let Some(link) =
-            pagination::next_link("/admin/audit-events", &[("limit", limit.as_str())], cursor)
-        {
-            headers.insert(header::LINK, link);
-        }
-    }
-    let body = AuditPage {
-        next_cursor: next.map(|c| c.encode()),
-        items,
-    };
-    Ok((headers, Json(body)).into_response())
+    let last = items.last().map(|e| e.id);
+    let (next_cursor, headers) =
+        pagination::next_page("/admin/audit-events", &[], page.limit, last, more);
+    Ok((headers, Json(AuditPage { items, next_cursor })).into_response())
 }

@@ -92,6 +92,28 @@ pub fn next_link(path: &str, params: &[(&str, &str)], cursor: &Cursor) -> Option
     HeaderValue::from_str(&format!("<{path}?{}>; rel=\"next\"", query.finish())).ok()
 }
 
+/// The `next_cursor` and the `Link` header of a page whose last item is `last`, when `more`
+/// items follow; `params` are the query parameters to keep besides `limit` and `cursor`.
+pub fn next_page(
+    path: &str,
+    params: &[(&str, &str)],
+    limit: u32,
+    last: Option<Uuid>,
+    more: bool,
+) -> (Option<String>, http::HeaderMap) {
+    let mut headers = http::HeaderMap::new();
+    let Some(cursor) = last.filter(|_| more).map(Cursor) else {
+        return (None, headers);
+    };
+    let limit = limit.to_string();
+    let mut all = vec![("limit", limit.as_str())];
+    all.extend_from_slice(params);
+    if let Some(link) = next_link(path, &all, &cursor) {
+        headers.insert(http::header::LINK, link);
+    }
+    (Some(cursor.encode()), headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use crate::{
     http::{
         conditional::{ETag, IfMatch, IfNoneMatch},
         extract::{QueryPairs, UuidParam, ValidJson},
-        pagination::{self, Cursor, PageRequest},
+        pagination::{self, PageRequest},
     },
     ratelimit::ClientIp,
     server::AppState,
@@ -241,23 +241,10 @@ async fn list_users(
             search: search.map(str::to_owned),
         })
         .await?;
-    let next = more.then(|| items.last().map(|u| Cursor(u.id))).flatten();
-    let mut headers = HeaderMap::new();
-    if let Some(cursor) = &next {
-        let limit = page.limit.to_string();
-        let mut params = vec![("limit", limit.as_str())];
-        if let Some(q) = search {
-            params.push(("q", q));
-        }
-        if let Some(link) = pagination::next_link("/users", &params, cursor) {
-            headers.insert(header::LINK, link);
-        }
-    }
-    let body = UserPage {
-        next_cursor: next.map(|c| c.encode()),
-        items,
-    };
-    Ok((headers, Json(body)).into_response())
+    let last = items.last().map(|u| u.id);
+    let params: Vec<(&str, &str)> = search.map(|q| ("q", q)).into_iter().collect();
+    let (next_cursor, headers) = pagination::next_page("/users", &params, page.limit, last, more);
+    Ok((headers, Json(UserPage { items, next_cursor })).into_response())
 }
 
 /// Update a user (partial): yourself, or anyone as an admin.
