@@ -78,6 +78,13 @@ def create_body(i: int, tag: str) -> bytes:
 
 USER_COLS = "id, email, name, version, created_at, updated_at"
 
+# keel's /users routes need a token: the harness starts keel with this bootstrap admin and
+# sends its access token on the workloads marked `auth` (the peers check no token).
+BENCH_ADMIN = ("bench-admin@bench.example", "bench admin password 0123")
+# The account every server's login workload logs in as (registered before the runs).
+LOGIN_ACCOUNT = ("bench-login@bench.example", "bench login password 0123")
+LOGIN_BODY = json.dumps({"email": LOGIN_ACCOUNT[0], "password": LOGIN_ACCOUNT[1]}).encode()
+
 
 @dataclass
 class Workload:
@@ -94,6 +101,7 @@ class Workload:
     rate: float = 1000.0           # fixed request rate of the latency run, same for all servers
     limit: str | None = None       # pgbench | numpy | nginx | hyper-bare
     pgbench_sql: str | None = None  # the pgbench script for limit == "pgbench"
+    auth: bool = False             # keel gets the admin's bearer token (peers check none)
 
 
 WORKLOADS: list[Workload] = [
@@ -101,16 +109,16 @@ WORKLOADS: list[Workload] = [
              path="/livez", rate=2000, limit="hyper-bare"),
     Workload("read", "GET /users/{id} of a random preloaded user (oha --rand-regex-url).",
              path="/users/" + READ_ID_REGEX, regex=True, preload=True, rate=1000,
-             servers={"keel", "express", "fastify", "fastapi"}, limit="pgbench",
+             servers={"keel", "express", "fastify", "fastapi"}, limit="pgbench", auth=True,
              pgbench_sql="\\set n random(0, 99999)\n"
                          f"SELECT {USER_COLS} FROM users WHERE id = "
                          "('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid;\n"),
     Workload("list_first", "GET /users?limit=20: the newest page of 100k users.",
-             path="/users?limit=20", preload=True, rate=500,
+             path="/users?limit=20", preload=True, rate=500, auth=True,
              servers={"keel", "express", "fastify", "fastapi"}, limit="pgbench",
              pgbench_sql=f"SELECT {USER_COLS} FROM users ORDER BY id DESC LIMIT 21;\n"),
     Workload("list_deep", "GET /users?limit=20&cursor=C with C pointing 90k rows deep.",
-             path="/users?limit=20&cursor={deep_cursor}", preload=True, rate=500,
+             path="/users?limit=20&cursor={deep_cursor}", preload=True, rate=500, auth=True,
              servers={"keel", "express", "fastify", "fastapi"}, limit="pgbench",
              pgbench_sql=f"SELECT {USER_COLS} FROM users WHERE id < '{{deep_id}}' "
                          "ORDER BY id DESC LIMIT 21;\n"),
@@ -127,11 +135,17 @@ WORKLOADS: list[Workload] = [
     Workload("create", "POST /users with a unique e-mail per request (oha cannot send "
              "distinct bodies: wrk with bench/create.lua for req/s, the harness's asyncio "
              "client for the fixed-rate latency).",
-             method="POST", path="/users", body=create_body, conns=16, rate=200,
+             method="POST", path="/users", body=create_body, conns=16, rate=200, auth=True,
              servers={"keel", "express", "fastify", "fastapi"}, limit="pgbench",
              pgbench_sql=f"INSERT INTO users ({USER_COLS}) VALUES (gen_random_uuid(), "
                          "'pgb-' || gen_random_uuid() || '@bench.example', 'Bench User', 1, "
                          f"now(), now()) RETURNING {USER_COLS};\n"),
+    Workload("login", "POST /auth/login of one account (password hash verified, a session "
+             "row written, a JWT signed) saturated by oha with 16 connections; req/s is logins/s. "
+             "p50/p99 are those of GET /livez at a fixed rate while the logins run, the "
+             "cost of password hashing to every other request.",
+             kind="login", method="POST", path="/auth/login", body=LOGIN_BODY, conns=16,
+             rate=200, servers={"keel", "express", "fastify", "fastapi"}),
     Workload("cold_start", "process start to the first 200 from /livez (polled every 1 ms).",
              kind="cold_start", servers={"keel", "express", "fastify", "fastapi", "hyper-bare"}),
     Workload("memory", "idle RSS (after start, before load), its private anonymous part "
@@ -213,17 +227,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_status(port: int, path: str = "/livez", timeout: float = 1.0) -> int | None:
+def http_status(port: int, path: str = "/livez", timeout: float = 1.0,
+                authorization: str | None = None) -> int | None:
     """One HTTP/1.1 GET on a fresh connection; the status code, or None if no answer."""
+    extra = f"Authorization: {authorization}\r\n" if authorization else ""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}"
                       "Connection: close\r\n\r\n".encode())
             data = s.recv(64)
             parts = data.split(b" ", 2)
             return int(parts[1]) if len(parts) >= 2 and parts[0].startswith(b"HTTP/") else None
     except (OSError, ValueError):
         return None
+
+
+def post_json(port: int, path: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
+    """POST a JSON body; the status and the JSON answer (empty when there is none)."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, {}
 
 
 def percentile(sorted_vals: list[float], p: float) -> float | None:
@@ -539,6 +569,12 @@ def server_command(srv: Server, ctx: Context, port: int, db: Database) -> tuple[
     if db.kind != "pg":
         env.pop("DATABASE_URL", None)
     if srv.family == "keel":
+        # The limiter runs (and is measured) but never refuses the load generator.
+        env.update({"KEEL_BOOTSTRAP_ADMIN_EMAIL": BENCH_ADMIN[0],
+                    "KEEL_BOOTSTRAP_ADMIN_PASSWORD": BENCH_ADMIN[1],
+                    "KEEL_ACCESS_TOKEN_TTL_SECS": "86400",
+                    "KEEL_RATE_LIMIT_PER_MINUTE": "1000000000",
+                    "KEEL_AUTH_RATE_LIMIT_PER_MINUTE": "0", "KEEL_LOGIN_FAILURE_LIMIT": "0"})
         return [Tools.keel, "serve"], env, ROOT
     if srv.family == "nginx":
         conf_dir = ctx.tmp / f"nginx-{port}"
@@ -620,9 +656,12 @@ def summarize(ok: int, non2xx: int, errors: int, duration: float, lat_ms: list[f
             "p99_ms": None if p99 is None else round(p99, 3), **(extra or {})}
 
 
-def oha_args(url: str, w: Workload, duration: float, rate: float | None, conns: int) -> list[str]:
+def oha_args(url: str, w: Workload, duration: float, rate: float | None, conns: int,
+             authorization: str | None = None) -> list[str]:
     cmd = [*LOADGEN_CPU, Tools.oha, "--no-tui", *Tools.oha_json, "-z", f"{int(duration * 1000)}ms",
            "-c", str(conns), *Tools.oha_wait]
+    if authorization:
+        cmd += ["-H", f"Authorization: {authorization}"]
     if rate:
         cmd += ["-q", str(rate), "--latency-correction"]
     if w.method != "GET":
@@ -654,18 +693,19 @@ def parse_oha(stdout: str) -> dict:
 
 
 def run_oha(url: str, w: Workload, duration: float, rate: float | None = None,
-            conns: int | None = None) -> dict:
-    cmd = oha_args(url, w, duration, rate, conns or w.conns)
+            conns: int | None = None, authorization: str | None = None) -> dict:
+    cmd = oha_args(url, w, duration, rate, conns or w.conns, authorization)
     r = sh(cmd, duration + 60)
     if r.returncode:
         raise RuntimeError(f"oha exited {r.returncode}: {r.stderr.strip()[-300:]}")
     return parse_oha(r.stdout)
 
 
-def run_client(port: int, w: Workload, duration: float, rate: float | None) -> dict:
+def run_client(port: int, w: Workload, duration: float, rate: float | None,
+               authorization: str | None = None) -> dict:
     """Per-request bodies: this script's asyncio client, as its own pinned process."""
     spec = {"port": port, "workload": w.name, "duration": duration, "rate": rate,
-            "conns": w.conns}
+            "conns": w.conns, "authorization": authorization}
     cmd = [*LOADGEN_CPU, sys.executable, str(Path(__file__).resolve()), "--_client",
            json.dumps(spec)]
     r = sh(cmd, duration + 60, env={**os.environ, "BENCH_NO_VENV": "1"})
@@ -681,12 +721,13 @@ def expand(text: str, ctx_vars: dict) -> str:
     return text
 
 
-def run_wrk(port: int, w: Workload, duration: float) -> dict:
+def run_wrk(port: int, w: Workload, duration: float, authorization: str | None = None) -> dict:
     """Per-request bodies at full speed: wrk with bench/create.lua (the Python client, sharing
     its core with PostgreSQL, tops out near 7k requests/s and would measure itself)."""
     tag = f"w{os.getpid()}x{random.getrandbits(32):08x}"
     cmd = [*LOADGEN_CPU, Tools.wrk, "-t1", f"-c{w.conns}", f"-d{max(1, round(duration))}s",
-           "-s", str(BENCH / "create.lua"), f"http://127.0.0.1:{port}", "--", tag]
+           "-s", str(BENCH / "create.lua"), f"http://127.0.0.1:{port}", "--", tag,
+           *([authorization] if authorization else [])]
     r = sh(cmd, duration + 60)
     if r.returncode:
         raise RuntimeError(f"wrk exited {r.returncode}: {r.stderr.strip()[-300:]}")
@@ -707,12 +748,13 @@ def run_wrk(port: int, w: Workload, duration: float) -> dict:
 
 
 def load(port: int, w: Workload, duration: float, rate: float | None, ctx_vars: dict) -> dict:
+    authorization = ctx_vars.get("authorization") if w.auth else None
     if callable(w.body):
         if rate is None:
-            return run_wrk(port, w, duration)
-        return run_client(port, w, duration, rate)
+            return run_wrk(port, w, duration, authorization)
+        return run_client(port, w, duration, rate, authorization)
     url = f"http://127.0.0.1:{port}" + expand(w.path, ctx_vars)
-    return run_oha(url, w, duration, rate)
+    return run_oha(url, w, duration, rate, authorization=authorization)
 
 
 # ---- the asyncio HTTP/1.1 client (keep-alive, open-loop schedule for latency) ---------------
@@ -780,7 +822,8 @@ async def _client_main(spec: dict) -> dict:
     port, duration, rate, conns = spec["port"], spec["duration"], spec["rate"], spec["conns"]
     tag = f"{os.getpid():x}{random.getrandbits(32):08x}"
     loop = asyncio.get_running_loop()
-    head = (f"{w.method} {w.path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    auth = f"Authorization: {spec['authorization']}\r\n" if spec.get("authorization") else ""
+    head = (f"{w.method} {w.path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
             "Content-Type: application/json\r\nContent-Length: ").encode()
     stats = {"ok": 0, "non2xx": 0, "errors": 0}
     lat: list[float] = []
@@ -888,6 +931,36 @@ def measure_responsive(port: int, w: Workload, mode: Mode, sampler: RssSampler) 
     }
 
 
+def measure_login(port: int, w: Workload, mode: Mode, sampler: RssSampler) -> dict:
+    """Logins saturated by oha while a second oha measures /livez at a fixed rate."""
+    sampler.reset()
+    livez = WL["json"]
+    url_login = f"http://127.0.0.1:{port}{w.path}"
+    url_livez = f"http://127.0.0.1:{port}{livez.path}"
+    run_oha(url_login, w, mode.warmup)
+    runs = []
+    for _ in range(mode.repeats):
+        bg = subprocess.Popen(oha_args(url_login, w, mode.lat_duration + 1.5, None, w.conns),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.75)  # let the logins saturate the hashing first
+            fg = run_oha(url_livez, livez, mode.lat_duration, w.rate, 8)
+        finally:
+            out, _ = bg.communicate(timeout=mode.lat_duration + 60)
+        logins = parse_oha(out)
+        runs.append({"logins": logins, "livez": fg})
+    return {
+        "rps": median([r["logins"]["rps"] for r in runs]),
+        "p50_ms": median([r["livez"]["p50_ms"] for r in runs]),
+        "p99_ms": median([r["livez"]["p99_ms"] for r in runs]),
+        "login_p50_ms": median([r["logins"]["p50_ms"] for r in runs]),
+        "login_p99_ms": median([r["logins"]["p99_ms"] for r in runs]),
+        "latency_rate": w.rate,
+        "errors": sum(r[k]["non2xx"] + r[k]["errors"] for r in runs for k in ("logins", "livez")),
+        "peak_rss_mb": sampler.peak_mb(), "runs": runs,
+    }
+
+
 def measure_cold_start(srv: Server, ctx: Context, db: Database) -> dict:
     times = []
     for i in range(ctx.mode.cold_runs):
@@ -924,21 +997,36 @@ def bench_server(srv: Server, ctx: Context, workloads: list[Workload]) -> dict:
         time.sleep(1.0)
         out["idle_rss_mb"] = round(tree_rss_kb(proc.pid) / 1024, 1)
         out["idle_anon_mb"] = round(tree_rss_kb(proc.pid, "RssAnon:") / 1024, 1)
+        if srv.family == "keel":
+            status, tokens = post_json(port, "/auth/login",
+                                       {"email": BENCH_ADMIN[0], "password": BENCH_ADMIN[1]})
+            if status != 200:
+                raise RuntimeError(f"the bench admin cannot log in: {status}")
+            ctx_vars["authorization"] = f"Bearer {tokens['access_token']}"
+        if any(w.kind == "login" for w in workloads):
+            status, _ = post_json(port, "/auth/register", {"email": LOGIN_ACCOUNT[0],
+                                                           "name": "Bench Login",
+                                                           "password": LOGIN_ACCOUNT[1]})
+            if status not in (201, 409):
+                raise RuntimeError(f"cannot register the login account: {status}")
         sampler = RssSampler(proc.pid)
         sampler.start()
         for w in workloads:
-            if w.kind not in ("http", "responsive"):
+            if w.kind not in ("http", "responsive", "login"):
                 continue
             if proc.poll() is not None:
                 out["workloads"][w.name] = {"error": f"server exited: {log_tail(ctx, srv.name)}"}
                 continue
             probe = expand(w.path, ctx_vars) if not w.regex else "/users/" + \
                 "00000000-0000-4000-8000-000000012345"
-            st = http_status(port, probe) if w.method == "GET" else None
+            st = (http_status(port, probe, authorization=ctx_vars.get("authorization")
+                              if w.auth else None) if w.method == "GET" else None)
             log(f"{srv.name}: {w.name}" + (f" (probe {probe[:60]} -> {st})" if st else ""))
             try:
                 if w.kind == "responsive":
                     res = measure_responsive(port, w, ctx.mode, sampler)
+                elif w.kind == "login":
+                    res = measure_login(port, w, ctx.mode, sampler)
                 else:
                     res = measure_http(port, w, ctx.mode, ctx_vars, sampler)
                 res["probe_status"] = st
@@ -1114,7 +1202,7 @@ def build_rows(results: dict) -> dict[str, list[dict]]:
     """workload -> rows (server, numbers) with the keel/peer and keel/limit ratios."""
     table: dict[str, list[dict]] = {}
     for w in WORKLOADS:
-        if w.kind not in ("http", "responsive"):
+        if w.kind not in ("http", "responsive", "login"):
             continue
         rows = []
         for s in results["servers"]:
@@ -1187,6 +1275,11 @@ def render_markdown(results: dict, table: dict) -> str:
                                  f"(req/s × 2·{MATMUL_N}³)")
             if np_.get("gflops"):
                 lines.append(f"\nnumpy in-process, one thread: {np_['gflops']:.2f} GFLOP/s")
+        if name == "login":
+            for r in rows:
+                if r.get("login_p99_ms") is not None:
+                    lines.append(f"\n{r['server']}: login latency at saturation p50 "
+                                 f"{fmt(r['login_p50_ms'], 1)} ms, p99 {fmt(r['login_p99_ms'], 1)} ms")
         if name == "responsive":
             for r in rows:
                 if r.get("background_matmul_rps") is not None:

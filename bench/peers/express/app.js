@@ -1,6 +1,9 @@
 // Express 5 peer of keel: the same users, compute and static endpoints, the same status
 // codes and validation rules, errors as RFC 9457 problem documents.
+import { createHash, randomBytes } from 'node:crypto';
+import bcrypt from 'bcrypt';
 import express from 'express';
+import jwt from 'jsonwebtoken';
 import helmet from 'helmet';
 import pg from 'pg';
 import { v7 as uuidv7, validate as uuidValidate } from 'uuid';
@@ -46,6 +49,26 @@ const NewUser = z.strictObject({
       message: `must be at most ${NAME_MAX_CHARS} characters after trimming`,
     }),
 });
+
+const Registration = z.strictObject({
+  email: NewUser.shape.email,
+  name: NewUser.shape.name,
+  password: z.string().min(12).max(128),
+});
+
+const Login = z.strictObject({
+  email: z.string().max(EMAIL_MAX_CHARS),
+  password: z.string().min(1).max(128),
+});
+
+// Authentication as NestJS's documented recipe does it: bcrypt (cost 10) for passwords, an
+// HS256 JWT for access, and (like keel) an opaque refresh token stored as its SHA-256.
+const BCRYPT_ROUNDS = 10;
+const JWT_SECRET = process.env.JWT_SECRET ?? randomBytes(32).toString('hex');
+const ACCESS_TTL_SECS = 900;
+const REFRESH_TTL_MS = 30 * 24 * 3600 * 1000;
+// Compared against when the e-mail is unknown, so that both failures take as long.
+const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), BCRYPT_ROUNDS);
 
 function problem(res, status, type, title, detail, extra = {}) {
   res
@@ -172,6 +195,72 @@ export function createApp({ pool, staticDir }) {
     const stamp = now.toISOString();
     res.status(201).location(`/users/${id}`).set('ETag', '"1"')
       .json({ id, email, name, created_at: stamp, updated_at: stamp });
+  }));
+
+  async function issueTokens(user) {
+    const family = uuidv7();
+    const refresh = randomBytes(32).toString('base64url');
+    const now = new Date();
+    await pool.query(
+      'INSERT INTO sessions (id, family_id, user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)',
+      [uuidv7(), family, user.id, createHash('sha256').update(refresh).digest('hex'), now,
+        new Date(now.getTime() + REFRESH_TTL_MS)],
+    );
+    const access = jwt.sign({ sub: user.id, role: user.role, sid: family }, JWT_SECRET, {
+      algorithm: 'HS256', expiresIn: ACCESS_TTL_SECS, issuer: 'keel', audience: 'keel-api', jwtid: uuidv7(),
+    });
+    return { access_token: access, token_type: 'Bearer', expires_in: ACCESS_TTL_SECS, refresh_token: refresh };
+  }
+
+  const json = express.json({ limit: '256kb', strict: false });
+
+  app.post('/auth/register', json, asyncRoute(async (req, res) => {
+    if (!req.is('application/json')) {
+      return problem(res, 415, 'about:blank', 'Unsupported Media Type',
+        'the request body must be application/json');
+    }
+    const parsed = Registration.safeParse(req.body);
+    if (!parsed.success) return validationFailed(res, zodErrors(parsed.error.issues));
+    const { email, name, password } = parsed.data;
+    const hash = await bcrypt.hash(password, BCRYPT_ROUNDS);
+    const id = uuidv7();
+    const now = new Date();
+    try {
+      await pool.query(
+        "INSERT INTO users (id, email, name, role, password_hash, version, created_at, updated_at) VALUES ($1, $2, $3, 'user', $4, 1, $5, $5)",
+        [id, email, name, hash, now],
+      );
+    } catch (err) {
+      if (err.code === '23505') {
+        return problem(res, 409, '/problems/email-taken', 'E-mail address already taken',
+          'another user already has this e-mail address');
+      }
+      throw err;
+    }
+    const stamp = now.toISOString();
+    const user = { id, email, name, role: 'user', created_at: stamp, updated_at: stamp };
+    const tokens = await issueTokens(user);
+    res.status(201).location(`/users/${id}`).set('Cache-Control', 'no-store').json({ user, ...tokens });
+  }));
+
+  app.post('/auth/login', json, asyncRoute(async (req, res) => {
+    if (!req.is('application/json')) {
+      return problem(res, 415, 'about:blank', 'Unsupported Media Type',
+        'the request body must be application/json');
+    }
+    const parsed = Login.safeParse(req.body);
+    if (!parsed.success) return validationFailed(res, zodErrors(parsed.error.issues));
+    const { email, password } = parsed.data;
+    const { rows } = await pool.query(
+      'SELECT id, role, password_hash FROM users WHERE lower(email) = lower($1)', [email]);
+    const user = rows[0];
+    const valid = await bcrypt.compare(password, user?.password_hash ?? DUMMY_HASH);
+    if (!user?.password_hash || !valid) {
+      res.set('WWW-Authenticate', 'Bearer realm="peer"');
+      return problem(res, 401, '/problems/invalid-credentials', 'Unauthorized',
+        'the e-mail address or the password is wrong');
+    }
+    res.set('Cache-Control', 'no-store').json(await issueTokens(user));
   }));
 
   app.get('/users/:id', asyncRoute(async (req, res) => {

@@ -1,11 +1,14 @@
 // Fastify 5 peer of keel: the same users, compute and static endpoints, the same status
 // codes and validation rules (as JSON schemas), errors as RFC 9457 problem documents.
+import { createHash, randomBytes } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import path from 'node:path';
 import Fastify from 'fastify';
 import fastifyStatic from '@fastify/static';
 import { Ajv } from 'ajv';
 import addFormatsModule from 'ajv-formats';
+import bcrypt from 'bcrypt';
+import jwt from 'jsonwebtoken';
 import pg from 'pg';
 import { v7 as uuidv7 } from 'uuid';
 
@@ -71,6 +74,40 @@ const listUsersSchema = {
   },
 };
 
+const registerSchema = {
+  body: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['email', 'name', 'password'],
+    properties: {
+      email: { type: 'string', maxLength: 254, format: 'email' },
+      name: { type: 'string', minLength: 2, pattern: NAME_PATTERN },
+      password: { type: 'string', minLength: 12, maxLength: 128 },
+    },
+  },
+};
+
+const loginSchema = {
+  body: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['email', 'password'],
+    properties: {
+      email: { type: 'string', maxLength: 254 },
+      password: { type: 'string', minLength: 1, maxLength: 128 },
+    },
+  },
+};
+
+// Authentication as NestJS's documented recipe does it: bcrypt (cost 10) for passwords, an
+// HS256 JWT for access, and (like keel) an opaque refresh token stored as its SHA-256.
+const BCRYPT_ROUNDS = 10;
+const JWT_SECRET = process.env.JWT_SECRET ?? randomBytes(32).toString('hex');
+const ACCESS_TTL_SECS = 900;
+const REFRESH_TTL_MS = 30 * 24 * 3600 * 1000;
+// Compared against when the e-mail is unknown, so that both failures take as long.
+const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), BCRYPT_ROUNDS);
+
 const matmulSchema = {
   querystring: {
     type: 'object',
@@ -98,7 +135,7 @@ function fieldErrors(validation, context) {
   return validation.map((e) => {
     switch (e.keyword) {
       case 'additionalProperties':
-        return { location, pointer: `${e.instancePath}/${e.params.additionalProperty}`, code: 'unknown_field', detail: 'unknown field; expected one of: email, name' };
+        return { location, pointer: `${e.instancePath}/${e.params.additionalProperty}`, code: 'unknown_field', detail: 'unknown field' };
       case 'required':
         return { location, pointer: `${e.instancePath}/${e.params.missingProperty}`, code: 'missing', detail: 'this field is required' };
       case 'type':
@@ -227,6 +264,60 @@ export function buildApp({ pool, staticDir }) {
     const stamp = now.toISOString();
     reply.code(201).header('location', `/users/${id}`).header('etag', '"1"');
     return { id, email, name, created_at: stamp, updated_at: stamp };
+  });
+
+  async function issueTokens(user) {
+    const family = uuidv7();
+    const refresh = randomBytes(32).toString('base64url');
+    const now = new Date();
+    await pool.query(
+      'INSERT INTO sessions (id, family_id, user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)',
+      [uuidv7(), family, user.id, createHash('sha256').update(refresh).digest('hex'), now,
+        new Date(now.getTime() + REFRESH_TTL_MS)],
+    );
+    const access = jwt.sign({ sub: user.id, role: user.role, sid: family }, JWT_SECRET, {
+      algorithm: 'HS256', expiresIn: ACCESS_TTL_SECS, issuer: 'keel', audience: 'keel-api', jwtid: uuidv7(),
+    });
+    return { access_token: access, token_type: 'Bearer', expires_in: ACCESS_TTL_SECS, refresh_token: refresh };
+  }
+
+  app.post('/auth/register', { schema: registerSchema }, async (request, reply) => {
+    const { email, password } = request.body;
+    const name = request.body.name.trim();
+    const hash = await bcrypt.hash(password, BCRYPT_ROUNDS);
+    const id = uuidv7();
+    const now = new Date();
+    try {
+      await pool.query(
+        "INSERT INTO users (id, email, name, role, password_hash, version, created_at, updated_at) VALUES ($1, $2, $3, 'user', $4, 1, $5, $5)",
+        [id, email, name, hash, now],
+      );
+    } catch (err) {
+      if (err.code === '23505') {
+        return problem(reply, 409, '/problems/email-taken', 'E-mail address already taken',
+          'another user already has this e-mail address');
+      }
+      throw err;
+    }
+    const stamp = now.toISOString();
+    const user = { id, email, name, role: 'user', created_at: stamp, updated_at: stamp };
+    reply.code(201).header('location', `/users/${id}`).header('cache-control', 'no-store');
+    return { user, ...(await issueTokens(user)) };
+  });
+
+  app.post('/auth/login', { schema: loginSchema }, async (request, reply) => {
+    const { email, password } = request.body;
+    const { rows } = await pool.query(
+      'SELECT id, role, password_hash FROM users WHERE lower(email) = lower($1)', [email]);
+    const user = rows[0];
+    const valid = await bcrypt.compare(password, user?.password_hash ?? DUMMY_HASH);
+    if (!user?.password_hash || !valid) {
+      reply.header('www-authenticate', 'Bearer realm="peer"');
+      return problem(reply, 401, '/problems/invalid-credentials', 'Unauthorized',
+        'the e-mail address or the password is wrong');
+    }
+    reply.header('cache-control', 'no-store');
+    return issueTokens(user);
   });
 
   app.get('/users/:id', { schema: getUserSchema }, async (request, reply) => {
