@@ -185,7 +185,9 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting; [`Config::load`] calls it, and so does the server for a
+    /// configuration built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |name: &str, why: &str| Err(ConfigError(format!("{name}: {why}")));
         if let Some(url) = &self.database_url {
             let url = url.expose_secret();

@@ -189,6 +189,8 @@ pub enum ApiError {
         detail: &'static str,
         /// Seconds to wait, sent as `Retry-After`.
         retry_after_secs: u64,
+        /// `RateLimit-Policy` and `RateLimit` of the limit that refused.
+        limit: Option<Box<(http::HeaderValue, http::HeaderValue)>>,
     },
     /// An `If-Match` precondition failed (412).
     #[error("precondition failed")]
@@ -315,13 +317,23 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Unavailable {
                 retry_after_secs, ..
-            }
-            | Self::TooManyRequests {
-                retry_after_secs, ..
             } => {
                 response
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            Self::TooManyRequests {
+                retry_after_secs,
+                limit,
+                ..
+            } => {
+                let headers = response.headers_mut();
+                headers.insert(http::header::RETRY_AFTER, (*retry_after_secs).into());
+                if let Some(limit) = limit {
+                    let (policy, state) = limit.as_ref();
+                    headers.insert(crate::ratelimit::layer::RATELIMIT_POLICY, policy.clone());
+                    headers.insert(crate::ratelimit::layer::RATELIMIT, state.clone());
+                }
             }
             Self::Unauthorized { challenge, .. } => {
                 response.headers_mut().insert(

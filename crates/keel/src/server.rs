@@ -130,6 +130,7 @@ pub struct Server {
 impl Server {
     /// Connects to the database, applies migrations and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
         // Keys first: a production start without them touches nothing.
         let keys = KeyRing::load(&config)?;
         let db = Db::connect(&config).await?;

@@ -964,7 +964,13 @@ async fn failed_logins_lock_the_account_for_a_while(backend: Backend) {
         );
     }
     let locked = login(&app, "ADA@example.com", PASSWORD).await;
-    assert!(header(&locked, "retry-after").parse::<u64>().unwrap() <= 2);
+    let retry = header(&locked, "retry-after");
+    assert!(retry.parse::<u64>().unwrap() <= 2);
+    assert_eq!(header(&locked, "ratelimit-policy"), "\"account\";q=3;w=2");
+    assert_eq!(
+        header(&locked, "ratelimit"),
+        format!("\"account\";r=0;t={retry}")
+    );
     assert_eq!(problem(locked, 429).await["type"], "/problems/rate-limited");
     assert_eq!(
         login(&app, ADMIN_EMAIL, ADMIN_PASSWORD).await.status(),
@@ -1002,3 +1008,18 @@ per_backend!(
     the_general_limit_is_per_client_and_resets,
     failed_logins_lock_the_account_for_a_while,
 );
+
+/// A configuration built in code is checked like one loaded from the environment.
+#[tokio::test]
+async fn the_server_refuses_placeholder_secrets_in_production() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.environment = keel::config::Environment::Production;
+    config.bootstrap_admin_password = Some("changeme".into());
+    let error = match keel::server::Server::build(config).await {
+        Ok(_) => panic!("a production server started with a placeholder secret"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("KEEL_BOOTSTRAP_ADMIN_PASSWORD"), "{error}");
+    assert!(!dir.path().join("keel.db").exists(), "nothing was created");
+}

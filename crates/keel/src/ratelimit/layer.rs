@@ -80,6 +80,8 @@ where
             let mut response = ApiError::TooManyRequests {
                 detail: "too many requests from this client; slow down",
                 retry_after_secs,
+                // Both limits' headers are added below.
+                limit: None,
             }
             .into_response();
             add(&mut response, verdict.headers);

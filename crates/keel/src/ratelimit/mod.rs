@@ -224,9 +224,18 @@ impl RateLimits {
         };
         let elapsed = failures.started.elapsed();
         if failures.count.load(Ordering::Acquire) >= *limit && elapsed < *window {
+            let retry_after_secs = whole_seconds(*window - elapsed);
+            let headers =
+                HeaderValue::from_str(&format!("\"account\";q={limit};w={}", window.as_secs()))
+                    .ok()
+                    .zip(
+                        HeaderValue::from_str(&format!("\"account\";r=0;t={retry_after_secs}"))
+                            .ok(),
+                    );
             return Err(ApiError::TooManyRequests {
                 detail: "too many failed logins for this account; try again later",
-                retry_after_secs: whole_seconds(*window - elapsed),
+                retry_after_secs,
+                limit: headers.map(Box::new),
             });
         }
         Ok(())
@@ -349,8 +358,17 @@ mod tests {
         limits.record_login_failure("ada@example.com");
         match limits.check_account("ada@example.com") {
             Err(ApiError::TooManyRequests {
-                retry_after_secs, ..
-            }) => assert!((59..=60).contains(&retry_after_secs)),
+                retry_after_secs,
+                limit: Some(limit),
+                ..
+            }) => {
+                assert!((59..=60).contains(&retry_after_secs));
+                assert_eq!(limit.0, "\"account\";q=2;w=60");
+                assert_eq!(
+                    limit.1.to_str().unwrap(),
+                    format!("\"account\";r=0;t={retry_after_secs}")
+                );
+            }
             other => panic!("expected 429, got {other:?}"),
         }
         assert!(limits.check_account("grace@example.com").is_ok());
