@@ -1,4 +1,5 @@
-//! The command line: `keel [serve]`, `keel migrate`, `keel openapi`, `keel admin create`.
+//! The command line: `keel [serve]`, `keel worker`, `keel migrate`, `keel openapi`,
+//! `keel admin create`.
 
 use std::{io::BufRead, io::IsTerminal, path::PathBuf};
 
@@ -13,7 +14,9 @@ use crate::{
     },
     config::Config,
     db::Db,
-    server, telemetry,
+    jobs::{Jobs, worker},
+    server::{self, Shutdown},
+    telemetry,
     users::store::UserStore,
 };
 
@@ -32,8 +35,11 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the HTTP API (the default).
+    /// Serve the HTTP API (the default); also runs jobs unless KEEL_JOBS_IN_SERVER=false.
     Serve,
+    /// Run background jobs only, until SIGTERM/SIGINT (any number of these may run, on any
+    /// number of machines, against the same database or RabbitMQ).
+    Worker,
     /// Apply pending database migrations, then exit.
     Migrate,
     /// Print the OpenAPI document (as served at /openapi.json) and exit.
@@ -86,6 +92,7 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
     let _log = telemetry::init(config.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        Command::Worker => worker(config).await,
         Command::Migrate => migrate(config).await,
         Command::Admin(AdminCommand::Create(args)) => match admin_create(config, args).await {
             // The message says what to fix; no log line needed.
@@ -121,6 +128,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "keel listening"
     );
     server.run().await
+}
+
+async fn worker(config: Config) -> anyhow::Result<()> {
+    let db = Db::connect(&config).await?;
+    db.migrate().await?;
+    let users = UserStore::new(db.clone());
+    let handlers = server::job_handlers(&config, &users, &db)?;
+    let jobs = Jobs::new(&config, db.clone());
+    let shutdown = Shutdown::default();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        server::termination_signal().await;
+        tracing::info!("shutdown signal received; finishing running jobs");
+        stop.begin();
+    });
+    tracing::info!(
+        database = db.backend(),
+        queue = ?jobs.backend(),
+        concurrency = config.jobs_concurrency,
+        "keel worker started"
+    );
+    worker::run(jobs, handlers, &config, shutdown).await;
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

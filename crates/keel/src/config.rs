@@ -13,7 +13,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// Environment variables read without the `KEEL_` prefix.
-const CONVENTIONAL_ENV: [&str; 4] = ["host", "port", "database_url", "log_format"];
+const CONVENTIONAL_ENV: [&str; 6] = [
+    "host",
+    "port",
+    "database_url",
+    "log_format",
+    "amqp_url",
+    "smtp_url",
+];
 
 /// `KEEL_*` variables that are not settings of the server (the CLI and the test suite read them).
 const NOT_SETTINGS: [&str; 3] = ["config", "require_services", "test_database_url"];
@@ -107,7 +114,8 @@ pub struct Config {
     pub bootstrap_admin_password: Option<SecretString>,
     /// Requests per minute one client may make to any route (0: no limit).
     pub rate_limit_per_minute: u32,
-    /// Requests per minute one client may make to login, register and refresh (0: no limit).
+    /// Requests per minute one client may make to the routes that take credentials or send
+    /// e-mail: login, register, refresh, verify-email, forgot- and reset-password (0: no limit).
     pub auth_rate_limit_per_minute: u32,
     /// Failed logins an account may have within `login_failure_window_secs` before
     /// further attempts are refused (0: no limit).
@@ -118,6 +126,43 @@ pub struct Config {
     /// the client is the socket's peer.
     #[serde(deserialize_with = "list_or_csv")]
     pub trusted_proxies: Vec<String>,
+    /// `amqp://...` of a RabbitMQ server that carries the jobs; unset, jobs are queued in
+    /// keel's database.
+    #[serde(skip_serializing)]
+    pub amqp_url: Option<SecretString>,
+    /// Names of keel's RabbitMQ queues start with this (`<prefix>`, `<prefix>.dead`,
+    /// `<prefix>.retry.<ms>`).
+    pub amqp_queue_prefix: String,
+    /// Whether `keel serve` also runs jobs (`keel worker` always does).
+    pub jobs_in_server: bool,
+    /// Jobs one process runs at the same time.
+    pub jobs_concurrency: usize,
+    /// Attempts a job gets before it is dead.
+    pub jobs_max_attempts: u32,
+    /// How long a claimed job stays with its worker without a heartbeat, in seconds; a job
+    /// whose worker died runs again after this.
+    pub jobs_lease_secs: u64,
+    /// Time one attempt of a job may take, in seconds.
+    pub jobs_timeout_secs: u64,
+    /// Delay before the first retry, in milliseconds; it doubles with each attempt.
+    pub jobs_retry_base_ms: u64,
+    /// Longest delay between retries, in seconds.
+    pub jobs_retry_max_secs: u64,
+    /// How often idle workers look for due jobs, in milliseconds.
+    pub jobs_poll_ms: u64,
+    /// `smtp://`, `smtps://` (implicit TLS) or `smtp://...?tls=required` (STARTTLS) of the
+    /// server that sends mail; unset, each message is written as an `.eml` file under
+    /// `<data_dir>/mail/`.
+    #[serde(skip_serializing)]
+    pub smtp_url: Option<SecretString>,
+    /// The `From` of every e-mail.
+    pub mail_from: String,
+    /// The address users reach keel at, for links in e-mails.
+    pub public_url: String,
+    /// Lifetime of an e-mail verification token, in seconds.
+    pub verify_email_ttl_secs: u64,
+    /// Lifetime of a password-reset token, in seconds.
+    pub password_reset_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -155,6 +200,21 @@ impl Default for Config {
             login_failure_limit: 5,
             login_failure_window_secs: 15 * 60,
             trusted_proxies: Vec::new(),
+            amqp_url: None,
+            amqp_queue_prefix: "keel.jobs".to_owned(),
+            jobs_in_server: true,
+            jobs_concurrency: 4,
+            jobs_max_attempts: 8,
+            jobs_lease_secs: 30,
+            jobs_timeout_secs: 60,
+            jobs_retry_base_ms: 1000,
+            jobs_retry_max_secs: 3600,
+            jobs_poll_ms: 500,
+            smtp_url: None,
+            mail_from: "keel <no-reply@localhost>".to_owned(),
+            public_url: "http://127.0.0.1:3000".to_owned(),
+            verify_email_ttl_secs: 24 * 60 * 60,
+            password_reset_ttl_secs: 60 * 60,
         }
     }
 }
@@ -228,6 +288,7 @@ impl Config {
         if self.login_failure_limit > 0 && self.login_failure_window_secs == 0 {
             return bad("KEEL_LOGIN_FAILURE_WINDOW_SECS", "must be at least 1");
         }
+        self.validate_jobs()?;
         if self.environment == Environment::Production {
             self.validate_production()?;
         }
@@ -241,6 +302,75 @@ impl Config {
                     &format!("{origin:?} is not an origin such as https://app.example.com"),
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// The job queue's and the mailer's settings.
+    fn validate_jobs(&self) -> Result<(), ConfigError> {
+        let bad = |name: &str, why: &str| Err(ConfigError(format!("{name}: {why}")));
+        if let Some(url) = &self.amqp_url {
+            let url = url.expose_secret();
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return bad("AMQP_URL", "must start with amqp:// or amqps://");
+            }
+        }
+        if self.amqp_queue_prefix.is_empty()
+            || self.amqp_queue_prefix.len() > 200
+            || !self
+                .amqp_queue_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return bad(
+                "KEEL_AMQP_QUEUE_PREFIX",
+                "must be 1-200 letters, digits, '.', '_' or '-'",
+            );
+        }
+        if self.jobs_concurrency == 0 || self.jobs_concurrency > 1000 {
+            return bad("KEEL_JOBS_CONCURRENCY", "must be 1-1000");
+        }
+        if self.jobs_max_attempts == 0 || self.jobs_max_attempts > 100 {
+            return bad("KEEL_JOBS_MAX_ATTEMPTS", "must be 1-100");
+        }
+        if self.jobs_lease_secs < 3 {
+            return bad("KEEL_JOBS_LEASE_SECS", "must be at least 3");
+        }
+        if self.jobs_timeout_secs == 0 {
+            return bad("KEEL_JOBS_TIMEOUT_SECS", "must be at least 1");
+        }
+        if self.jobs_retry_base_ms == 0 || self.jobs_retry_max_secs == 0 {
+            return bad(
+                "KEEL_JOBS_RETRY_BASE_MS / KEEL_JOBS_RETRY_MAX_SECS",
+                "must be at least 1",
+            );
+        }
+        if self.jobs_poll_ms == 0 {
+            return bad("KEEL_JOBS_POLL_MS", "must be at least 1");
+        }
+        if let Some(url) = &self.smtp_url {
+            let url = url.expose_secret();
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                return bad("SMTP_URL", "must start with smtp:// or smtps://");
+            }
+        }
+        if self.mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            return bad(
+                "KEEL_MAIL_FROM",
+                "must be an address such as \"keel <no-reply@example.com>\"",
+            );
+        }
+        if url::Url::parse(&self.public_url).is_err() {
+            return bad(
+                "KEEL_PUBLIC_URL",
+                "must be a URL such as https://app.example.com",
+            );
+        }
+        if self.verify_email_ttl_secs == 0 || self.password_reset_ttl_secs == 0 {
+            return bad(
+                "KEEL_VERIFY_EMAIL_TTL_SECS / KEEL_PASSWORD_RESET_TTL_SECS",
+                "must be at least 1",
+            );
         }
         Ok(())
     }
@@ -260,6 +390,16 @@ impl Config {
                 .is_some_and(|password| is_placeholder(&password))
             {
                 return placeholder("DATABASE_URL");
+            }
+        }
+        for (name, url) in [("AMQP_URL", &self.amqp_url), ("SMTP_URL", &self.smtp_url)] {
+            if url
+                .as_ref()
+                .and_then(|url| url::Url::parse(url.expose_secret()).ok())
+                .and_then(|url| url.password().map(str::to_owned))
+                .is_some_and(|password| is_placeholder(&password))
+            {
+                return placeholder(name);
             }
         }
         if let Some(password) = &self.bootstrap_admin_password {

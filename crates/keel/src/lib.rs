@@ -1,9 +1,9 @@
 //! keel: a production backend service.
 //!
 //! Features live in their own folders (`users`, `auth`, `audit`, `ratelimit`, `compute`, `health`,
-//! `docs`, `idempotency`), each with
+//! `docs`, `idempotency`, `jobs`), each with
 //! its routes, domain types and storage; shared plumbing is in `config`, `error`, `http`,
-//! `db` and `telemetry`. `server` puts them together.
+//! `db`, `mail` and `telemetry`. `server` puts them together.
 
 pub mod audit;
 pub mod auth;
@@ -16,6 +16,8 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod idempotency;
+pub mod jobs;
+pub mod mail;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;

@@ -25,6 +25,7 @@ use crate::{
     docs, health,
     http::{self, static_files::StaticFiles},
     idempotency,
+    jobs::{self, Handlers, Jobs},
     ratelimit::RateLimits,
     users::{self, store::UserStore},
 };
@@ -51,6 +52,8 @@ pub struct AppState {
     pub compute: Arc<CpuPool>,
     /// Shutdown progress.
     pub shutdown: Shutdown,
+    /// The job queue.
+    pub jobs: Jobs,
 }
 
 /// Tells whether shutdown has begun, and wakes whoever waits for it.
@@ -90,6 +93,14 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(audit::router())
         .merge(health::router())
         .merge(compute::router())
+        .merge(jobs::router())
+}
+
+/// The handlers of every job kind keel runs.
+pub fn job_handlers(config: &Config, users: &UserStore, db: &Db) -> anyhow::Result<Handlers> {
+    let mut handlers = Handlers::default();
+    auth::email_flows::register_handlers(&mut handlers, config, users.clone(), db)?;
+    Ok(handlers)
 }
 
 /// The OpenAPI document, as `/openapi.json` serves it.
@@ -125,6 +136,8 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    /// The handlers the in-process workers run; `None` when they are off.
+    handlers: Option<Handlers>,
 }
 
 impl Server {
@@ -147,7 +160,14 @@ impl Server {
         let users = UserStore::new(db.clone());
         let audit = AuditLog::new(db.clone());
         bootstrap_admin(&config, &users, &auth.passwords, &audit).await?;
+        let handlers = if config.jobs_in_server {
+            Some(job_handlers(&config, &users, &db)?)
+        } else {
+            None
+        };
+        let jobs = Jobs::new(&config, db.clone());
         let state = AppState {
+            jobs,
             users,
             auth,
             audit,
@@ -164,6 +184,7 @@ impl Server {
             listener,
             router,
             state,
+            handlers,
         })
     }
 
@@ -189,8 +210,17 @@ impl Server {
             listener,
             router,
             state,
+            handlers,
         } = self;
         let purge = tokio::spawn(purge_expired(state.clone()));
+        let workers = handlers.map(|handlers| {
+            let (jobs, config, shutdown) = (
+                state.jobs.clone(),
+                Arc::clone(&state.config),
+                state.shutdown.clone(),
+            );
+            tokio::spawn(async move { jobs::worker::run(jobs, handlers, &config, shutdown).await })
+        });
         let shutdown = state.shutdown.clone();
         let drain = Duration::from_secs(state.config.shutdown_drain_secs);
         let stop_accepting = async move {
@@ -217,6 +247,12 @@ impl Server {
             }
         }
         purge.abort();
+        if let Some(workers) = workers {
+            // They stop taking jobs when shutdown begins and have the same grace as requests.
+            if let Err(error) = workers.await {
+                tracing::warn!(%error, "the job workers failed");
+            }
+        }
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -227,7 +263,11 @@ impl Server {
 /// late reuse attempts).
 const EXPIRED_SESSIONS_KEPT: chrono::Duration = chrono::Duration::days(7);
 
-/// Deletes expired idempotency keys and long-expired sessions, periodically.
+/// How long succeeded jobs stay listed in `/jobs`.
+const SUCCEEDED_JOBS_KEPT: chrono::Duration = chrono::Duration::days(7);
+
+/// Deletes expired idempotency keys, long-expired sessions and e-mail tokens, and old
+/// succeeded jobs, periodically.
 async fn purge_expired(state: AppState) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
@@ -242,6 +282,18 @@ async fn purge_expired(state: AppState) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "expired sessions deleted"),
             Err(error) => tracing::warn!(%error, "cannot purge sessions"),
+        }
+        let tokens = auth::email_tokens::EmailTokens::new(state.db.clone());
+        match tokens.purge_expired(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired e-mail tokens deleted"),
+            Err(error) => tracing::warn!(%error, "cannot purge e-mail tokens"),
+        }
+        let before = chrono::Utc::now() - SUCCEEDED_JOBS_KEPT;
+        match state.jobs.store().purge_succeeded(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "old succeeded jobs deleted"),
+            Err(error) => tracing::warn!(%error, "cannot purge succeeded jobs"),
         }
     }
 }

@@ -262,6 +262,9 @@ async fn unknown_email_and_wrong_password_look_the_same(app: TestApp) {
     assert_eq!(wrong, unknown);
     assert_eq!(wrong_challenge, unknown_challenge);
     assert_eq!(wrong["type"], "/problems/invalid-credentials");
+    // An address no account can have (PostgreSQL refuses NUL in a string) is unknown too.
+    let nul = login(&app, "ada\u{0}@example.com", "not the password at all").await;
+    assert_eq!(strip(problem(nul, 401).await), wrong);
     // The e-mail is matched regardless of case.
     assert_eq!(login(&app, "ADA@example.com", PASSWORD).await.status(), 200);
 }

@@ -302,9 +302,10 @@ async fn openapi_document_describes_every_operation() {
         }
     }
     // POST and GET /users; GET, PATCH and DELETE /users/{id}; GET and PATCH /users/me;
-    // register, login, refresh, logout, logout-all and the JWKS; the audit trail; matmul;
-    // the two probes.
-    assert_eq!(operations, 17);
+    // register, login, refresh, logout, logout-all and the JWKS; verify-email, its resend,
+    // forgot- and reset-password; the audit trail; GET /jobs, GET /jobs/{id} and retry;
+    // matmul; the two probes.
+    assert_eq!(operations, 24);
     let scheme = &document["components"]["securitySchemes"]["bearer"];
     assert_eq!(scheme["type"], "http", "{scheme}");
     assert_eq!(scheme["scheme"], "bearer", "{scheme}");
@@ -324,6 +325,10 @@ async fn openapi_document_describes_every_operation() {
         ("/auth/logout", "post"),
         ("/auth/logout-all", "post"),
         ("/admin/audit-events", "get"),
+        ("/auth/verify-email/resend", "post"),
+        ("/jobs", "get"),
+        ("/jobs/{id}", "get"),
+        ("/jobs/{id}/retry", "post"),
     ] {
         assert!(
             secured(path, method),

@@ -47,6 +47,12 @@ pub enum AuditKind {
     /// A role was changed.
     #[serde(rename = "role.changed")]
     RoleChanged,
+    /// A password was reset with a token sent by e-mail; every session was ended.
+    #[serde(rename = "password.reset")]
+    PasswordReset,
+    /// An e-mail address was verified with a token sent to it.
+    #[serde(rename = "email.verified")]
+    EmailVerified,
 }
 
 impl AuditKind {
@@ -62,6 +68,8 @@ impl AuditKind {
             Self::LogoutAll => "logout.all",
             Self::PasswordChanged => "password.changed",
             Self::RoleChanged => "role.changed",
+            Self::PasswordReset => "password.reset",
+            Self::EmailVerified => "email.verified",
         }
     }
 }

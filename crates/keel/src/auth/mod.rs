@@ -5,6 +5,8 @@
 //! keys; refresh tokens are opaque, stored hashed, and rotate on every use.
 
 pub mod bootstrap;
+pub mod email_flows;
+pub mod email_tokens;
 pub mod keys;
 pub mod password;
 mod routes;
@@ -20,7 +22,10 @@ use utoipa::ToSchema;
 
 use crate::{config::Config, db::Db, error::ApiError, server::AppState, users::domain::User};
 
-pub use routes::router;
+/// The accounts routes, the e-mail flows' included.
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    routes::router().merge(email_flows::router())
+}
 pub use tokens::Principal;
 
 use keys::KeyRing;

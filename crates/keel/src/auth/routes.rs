@@ -154,7 +154,8 @@ impl FromJson for RefreshBody {
 
 /// Create an account and log in.
 ///
-/// Answers the new user and a token pair. The password is stored as an Argon2id hash.
+/// Answers the new user and a token pair. The password is stored as an Argon2id hash. A
+/// welcome e-mail and a verification e-mail are sent in the background.
 #[utoipa::path(
     post,
     path = "/auth/register",
@@ -181,7 +182,19 @@ async fn register(
         password: Some(registration.password),
         role: Role::User,
     };
-    let user = state.users.insert(&new, Some(hash)).await?;
+    // The account and its e-mails commit together (a transactional outbox): a rolled-back
+    // registration sends nothing, and a committed one always sends them.
+    let mut tx = state.db.begin().await?;
+    let user = state.users.insert_in(&mut tx, &new, Some(hash)).await?;
+    for job in super::email_flows::registration_jobs(user.id) {
+        state
+            .jobs
+            .enqueue_in(&mut tx, job)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    tx.commit().await?;
+    state.jobs.wake();
     state
         .audit
         .record(Audit::new(AuditKind::Registered, Some(user.id), Some(ip)))

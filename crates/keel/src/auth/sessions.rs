@@ -74,12 +74,12 @@ fn now() -> DateTime<Utc> {
 }
 
 /// The stored form of a refresh token.
-fn digest(token: &str) -> String {
+pub(crate) fn digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// 256 random bits, base64url.
-fn new_token() -> Result<String, DbError> {
+pub(crate) fn new_token() -> Result<String, DbError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| DbError::Encode(Box::new(e)))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))

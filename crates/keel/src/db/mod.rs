@@ -64,6 +64,9 @@ pub enum DbError {
     /// A stored value is not one the application writes.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// A statement was run on a transaction already committed.
+    #[error("the transaction is already over")]
+    TxDone,
     /// A statement expected to return a row returned none.
     #[error("the statement returned no row")]
     NoRow,
@@ -148,6 +151,13 @@ pub trait FromRow: Sized {
 impl<T: Column> FromRow for (T,) {
     fn from_row(row: &impl Row) -> Result<Self, DbError> {
         Ok((row.get(0)?,))
+    }
+}
+
+/// A two-column result.
+impl<A: Column, B: Column> FromRow for (A, B) {
+    fn from_row(row: &impl Row) -> Result<Self, DbError> {
+        Ok((row.get(0)?, row.get(1)?))
     }
 }
 
@@ -303,11 +313,137 @@ impl Db {
             .ok_or(DbError::NoRow)
     }
 
+    /// Starts a transaction: its statements commit together with [`Tx::commit`], or not at
+    /// all. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so that it never
+    /// fails half-way for another writer.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(Tx(match self {
+            Self::Sqlite(pool) => TxInner::Sqlite(Some(pool.begin_with("BEGIN IMMEDIATE").await?)),
+            Self::Postgres { pg, .. } => TxInner::Postgres(Some(pg.begin().await?)),
+        }))
+    }
+
     /// Closes every connection, waiting for checked-out SQLite ones to come back.
     pub async fn close(&self) {
         match self {
             Self::Sqlite(pool) => pool.close().await,
             Self::Postgres { pg, .. } => pg.close(),
+        }
+    }
+}
+
+/// A transaction of [`Db::begin`]. Dropped without [`Tx::commit`], it rolls back.
+pub struct Tx(TxInner);
+
+/// Each side is `None` once the transaction is over.
+enum TxInner {
+    Sqlite(Option<sqlx::Transaction<'static, Sqlite>>),
+    Postgres(Option<deadpool_postgres::Object>),
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            TxInner::Sqlite(_) => "Tx(sqlite)",
+            TxInner::Postgres(_) => "Tx(postgres)",
+        })
+    }
+}
+
+impl Tx {
+    /// Runs `sql` and returns how many rows it changed.
+    pub async fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
+        match &mut self.0 {
+            TxInner::Sqlite(tx) => {
+                let tx = tx.as_mut().ok_or(DbError::TxDone)?;
+                Ok(sqlx::query_with(sql, sqlite_args(params)?)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected())
+            }
+            TxInner::Postgres(client) => {
+                let client = client.as_ref().ok_or(DbError::TxDone)?;
+                let statement = client.prepare_cached(sql).await?;
+                Ok(client.execute(&statement, &pg_params(params)).await?)
+            }
+        }
+    }
+
+    /// Runs `sql` and reads every row it returns.
+    pub async fn fetch_all<T: FromRow>(
+        &mut self,
+        sql: &str,
+        params: &[&dyn Param],
+    ) -> Result<Vec<T>, DbError> {
+        match &mut self.0 {
+            TxInner::Sqlite(tx) => {
+                let tx = tx.as_mut().ok_or(DbError::TxDone)?;
+                sqlx::query_with(sql, sqlite_args(params)?)
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .iter()
+                    .map(T::from_row)
+                    .collect()
+            }
+            TxInner::Postgres(client) => {
+                let client = client.as_ref().ok_or(DbError::TxDone)?;
+                let statement = client.prepare_cached(sql).await?;
+                client
+                    .query(&statement, &pg_params(params))
+                    .await?
+                    .iter()
+                    .map(T::from_row)
+                    .collect()
+            }
+        }
+    }
+
+    /// Runs `sql` and reads its first row, if any.
+    pub async fn fetch_optional<T: FromRow>(
+        &mut self,
+        sql: &str,
+        params: &[&dyn Param],
+    ) -> Result<Option<T>, DbError> {
+        Ok(self.fetch_all(sql, params).await?.into_iter().next())
+    }
+
+    /// Makes every statement of the transaction durable, together.
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        match &mut self.0 {
+            TxInner::Sqlite(tx) => Ok(tx.take().ok_or(DbError::TxDone)?.commit().await?),
+            TxInner::Postgres(client) => {
+                let client = client.take().ok_or(DbError::TxDone)?;
+                if let Err(error) = client.batch_execute("COMMIT").await {
+                    // The connection's state is unknown: never lend it again.
+                    drop(deadpool_postgres::Object::take(client));
+                    return Err(error.into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        // sqlx rolls its own transactions back when dropped. A PostgreSQL connection is
+        // rolled back before it goes back to the pool, or closed (which aborts the
+        // transaction on the server) when that cannot be done.
+        let TxInner::Postgres(client) = &mut self.0 else {
+            return;
+        };
+        let Some(client) = client.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(deadpool_postgres::Object::take(client)),
         }
     }
 }

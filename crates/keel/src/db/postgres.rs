@@ -129,6 +129,13 @@ impl Postgres {
         Ok(client.execute(&statement, params).await?)
     }
 
+    /// A connection of its own, inside `BEGIN`, for a transaction.
+    pub(super) async fn begin(&self) -> Result<Object, DbError> {
+        let client = self.inner.pool.get().await?;
+        client.batch_execute("BEGIN").await?;
+        Ok(client)
+    }
+
     /// Closes the pool; connections still lent out close when they come back.
     pub fn close(&self) {
         for slot in &self.inner.shared {

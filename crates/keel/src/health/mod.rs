@@ -10,6 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     error::{ApiError, Problem},
+    jobs::{Backend, QueueStats},
     server::AppState,
 };
 
@@ -60,10 +61,34 @@ pub struct Ready {
     pub status: &'static str,
     /// Each check.
     pub checks: Vec<Check>,
+    /// The job queue (for monitoring: a deep queue or a lost broker does not make the
+    /// instance unready, since jobs wait safely in the database).
+    pub jobs: JobsDetail,
+}
+
+/// The job queue's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobsDetail {
+    /// Which queue carries the jobs.
+    pub backend: Backend,
+    /// Whether this instance's RabbitMQ connection is up; absent on the database queue or
+    /// when this instance runs no workers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_connected: Option<bool>,
+    /// Jobs due and waiting for a worker.
+    pub depth: i64,
+    /// How long the oldest of them has waited, in seconds (absent when none waits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_age_secs: Option<f64>,
+    /// Jobs running.
+    pub running: i64,
+    /// Jobs out of attempts, waiting for `POST /jobs/{id}/retry`.
+    pub dead: i64,
 }
 
 /// Can this instance take traffic? Checks the database is reachable and migrated;
-/// answers 503 as soon as shutdown begins, so a load balancer drains it first.
+/// answers 503 as soon as shutdown begins, so a load balancer drains it first. The
+/// answer also tells the job queue's depth and the age of its oldest waiting job.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Ready),
@@ -73,7 +98,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_draining() {
         return not_ready("shutting down".to_owned());
     }
-    let (database, migrations) = tokio::join!(
+    let (database, migrations, stats) = tokio::join!(
         check("database", state.db.ping()),
         check("migrations", async {
             match state.db.is_migrated().await {
@@ -82,6 +107,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 Err(e) => Err(e.to_string()),
             }
         }),
+        tokio::time::timeout(CHECK_TIMEOUT, state.jobs.store().stats()),
     );
     let checks = vec![database, migrations];
     let failing: Vec<String> = checks
@@ -99,9 +125,27 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .join("; "),
         );
     }
+    let stats = match stats {
+        Ok(Ok(stats)) => stats,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read the job queue's size");
+            QueueStats::default()
+        }
+        Err(_) => QueueStats::default(),
+    };
     Json(Ready {
         status: "ok",
         checks,
+        jobs: JobsDetail {
+            backend: state.jobs.backend(),
+            broker_connected: state.jobs.broker_connected(),
+            depth: stats.depth,
+            oldest_age_secs: stats
+                .oldest_age
+                .map(|age| age.num_milliseconds().max(0) as f64 / 1000.0),
+            running: stats.running,
+            dead: stats.dead,
+        },
     })
     .into_response()
 }

@@ -235,6 +235,37 @@ impl QueryPairs {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The free-text filter `name`, or `None` when absent or empty. A value over `max_chars`
+    /// characters or holding control characters is reported in `errors`: stored text never
+    /// holds them, and PostgreSQL rejects NUL outright, so such a filter is a client error
+    /// rather than a database one.
+    pub fn text_filter(
+        &self,
+        name: &str,
+        max_chars: usize,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<&str> {
+        let value = self.get(name).filter(|v| !v.is_empty())?;
+        let pointer = format!("/{name}");
+        if value.chars().count() > max_chars {
+            errors.push(FieldError::new(
+                InputLocation::Query,
+                pointer.clone(),
+                "too_long",
+                format!("must be at most {max_chars} characters"),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                InputLocation::Query,
+                pointer,
+                "control_character",
+                "must not contain control characters",
+            ));
+        }
+        Some(value)
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {

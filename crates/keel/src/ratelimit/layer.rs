@@ -24,7 +24,15 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Routes that take credentials, which the strict limit also applies to (POST only).
-const CREDENTIAL_ROUTES: [&str; 3] = ["/auth/login", "/auth/register", "/auth/refresh"];
+const CREDENTIAL_ROUTES: [&str; 7] = [
+    "/auth/login",
+    "/auth/register",
+    "/auth/refresh",
+    "/auth/verify-email",
+    "/auth/verify-email/resend",
+    "/auth/forgot-password",
+    "/auth/reset-password",
+];
 
 /// Applies [`RateLimits`] and records the client address ([`ClientIp`]) for handlers.
 #[derive(Debug, Clone)]

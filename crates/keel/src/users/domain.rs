@@ -34,7 +34,8 @@ impl Email {
                 format!("must be at most {EMAIL_MAX_CHARS} characters"),
             ));
         }
-        if !raw.validate_email() {
+        // Also an address lettre can send to, so that every account can get its e-mails.
+        if !raw.validate_email() || raw.parse::<lettre::Address>().is_err() {
             return Err(Invalid::new(
                 "invalid_email",
                 "must be a valid e-mail address such as ada@example.com",
@@ -132,6 +133,7 @@ fn password(value: Value) -> Result<Password, Invalid> {
     "email": "ada@example.com",
     "name": "Ada Lovelace",
     "role": "user",
+    "email_verified_at": null,
     "created_at": "2026-11-22T09:30:00.123456Z",
     "updated_at": "2026-11-22T09:30:00.123456Z"
 }))]
@@ -145,6 +147,9 @@ pub struct User {
     pub name: String,
     /// What the account may do.
     pub role: Role,
+    /// When the address was verified (with the token e-mailed to it); `null` until then,
+    /// and again after the address changes.
+    pub email_verified_at: Option<DateTime<Utc>>,
     /// Creation time, RFC 3339 UTC.
     pub created_at: DateTime<Utc>,
     /// Time of the last change, RFC 3339 UTC.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::{
     db::{
-        Db, DbError, FromRow, Param, Row,
+        Db, DbError, FromRow, Param, Row, Tx,
         batch::{BatchLost, Batcher},
         values,
     },
@@ -44,7 +44,7 @@ pub struct ListQuery {
     pub search: Option<String>,
 }
 
-const COLUMNS: &str = "id, email, name, role, version, created_at, updated_at";
+const COLUMNS: &str = "id, email, name, role, email_verified_at, version, created_at, updated_at";
 
 impl FromRow for User {
     fn from_row(row: &impl Row) -> Result<Self, DbError> {
@@ -55,6 +55,7 @@ impl FromRow for User {
             name: row.get("name")?,
             role: Role::parse(&role)
                 .ok_or_else(|| DbError::Corrupt(format!("unknown role {role:?}")))?,
+            email_verified_at: row.get("email_verified_at")?,
             version: row.get("version")?,
             created_at: row.get("created_at")?,
             updated_at: row.get("updated_at")?,
@@ -66,6 +67,21 @@ impl FromRow for User {
 /// answers is exactly what a later read returns.
 fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// The first revision of the user `new` describes, with a fresh id.
+fn fresh(new: &NewUser) -> User {
+    let now = now();
+    User {
+        id: Uuid::now_v7(),
+        email: new.email.as_str().to_owned(),
+        name: new.name.as_str().to_owned(),
+        role: new.role,
+        email_verified_at: None,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    }
 }
 
 /// Maps a unique violation to [`StoreError::EmailTaken`]: the users table has no other
@@ -127,18 +143,58 @@ impl UserStore {
         new: &NewUser,
         password_hash: Option<String>,
     ) -> Result<User, StoreError> {
-        let now = now();
-        let user = User {
-            id: Uuid::now_v7(),
-            email: new.email.as_str().to_owned(),
-            name: new.name.as_str().to_owned(),
-            role: new.role,
-            created_at: now,
-            updated_at: now,
-            version: 1,
-        };
+        let user = fresh(new);
         self.inserts.submit((user.clone(), password_hash)).await??;
         Ok(user)
+    }
+
+    /// Stores a new user inside `tx`, with whatever else the transaction writes.
+    pub async fn insert_in(
+        &self,
+        tx: &mut Tx,
+        new: &NewUser,
+        password_hash: Option<String>,
+    ) -> Result<User, StoreError> {
+        let row = (fresh(new), password_hash);
+        let role = row.0.role.as_str().to_owned();
+        let sql = format!("{INSERT}{}", values(1, INSERT_COLUMNS));
+        tx.execute(&sql, &insert_params(&row, &role))
+            .await
+            .map_err(map_unique)?;
+        Ok(row.0)
+    }
+
+    /// Marks user `id` verified inside `tx` if its address is still `email` (without
+    /// case); `None` when it is gone or its address changed.
+    pub async fn mark_verified_in(
+        &self,
+        tx: &mut Tx,
+        id: Uuid,
+        email: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "UPDATE users SET email_verified_at = COALESCE(email_verified_at, $1), \
+             updated_at = $1, version = version + 1 \
+             WHERE id = $2 AND lower(email) = lower($3) RETURNING {COLUMNS}"
+        );
+        Ok(tx
+            .fetch_optional(&sql, &[&now(), &id, &email.to_owned()])
+            .await?)
+    }
+
+    /// Replaces the password hash of user `id` inside `tx`, whatever its revision; `None`
+    /// when the user is gone.
+    pub async fn set_password_in(
+        &self,
+        tx: &mut Tx,
+        id: Uuid,
+        hash: String,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "UPDATE users SET password_hash = $1, updated_at = $2, version = version + 1 \
+             WHERE id = $3 RETURNING {COLUMNS}"
+        );
+        Ok(tx.fetch_optional(&sql, &[&hash, &now(), &id]).await?)
     }
 
     /// The user with this e-mail address (compared without case) and its password hash.
@@ -146,6 +202,11 @@ impl UserStore {
         &self,
         email: &str,
     ) -> Result<Option<(User, Option<String>)>, StoreError> {
+        // Stored addresses never hold control characters (and PostgreSQL refuses NUL in a
+        // string), so no account has such an address.
+        if email.chars().any(char::is_control) {
+            return Ok(None);
+        }
         let sql =
             format!("SELECT {COLUMNS}, password_hash FROM users WHERE lower(email) = lower($1)");
         let found: Option<WithHash> = self.db.fetch_optional(&sql, &[&email.to_owned()]).await?;
@@ -243,17 +304,25 @@ impl UserStore {
             version: current.version + 1,
             ..current.clone()
         };
+        // A new address has not been verified yet.
+        let updated = User {
+            email_verified_at: current
+                .email_verified_at
+                .filter(|_| updated.email.eq_ignore_ascii_case(&current.email)),
+            ..updated
+        };
         let result = self
             .db
             .execute(
                 "UPDATE users SET email = $1, name = $2, role = $3, updated_at = $4, \
-                 version = $5 WHERE id = $6 AND version = $7",
+                 version = $5, email_verified_at = $6 WHERE id = $7 AND version = $8",
                 &[
                     &updated.email,
                     &updated.name,
                     &updated.role.as_str().to_owned(),
                     &updated.updated_at,
                     &updated.version,
+                    &updated.email_verified_at,
                     &current.id,
                     &current.version,
                 ],
@@ -385,6 +454,7 @@ mod tests {
             email: email.to_owned(),
             name: "Test User".to_owned(),
             role: Role::User,
+            email_verified_at: None,
             version: 1,
             created_at: now,
             updated_at: now,

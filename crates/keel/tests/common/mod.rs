@@ -14,7 +14,7 @@ use keel::{
     config::Config,
     server::{Server, Shutdown},
 };
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
@@ -42,6 +42,8 @@ pub struct TestApp {
     pub admin_token: String,
     pub backend: Backend,
     pub data_dir: PathBuf,
+    /// The database the server uses (a `sqlite:` URL of its file on SQLite).
+    pub database_url: String,
     shutdown: Shutdown,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -53,7 +55,7 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-fn services_required() -> bool {
+pub fn services_required() -> bool {
     std::env::var("KEEL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
 }
 
@@ -151,6 +153,10 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> O
         pg_database = Some(name);
     }
     adjust(&mut config);
+    let database_url = config.database_url.as_ref().map_or_else(
+        || format!("sqlite://{}", config.data_dir.join("keel.db").display()),
+        |url| url.expose_secret().to_owned(),
+    );
     let server = Server::build(config).await.expect("server starts");
     let addr = server.local_addr().expect("bound address");
     let shutdown = server.shutdown_handle();
@@ -179,6 +185,7 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> O
         admin_token,
         backend,
         data_dir: dir.path().to_path_buf(),
+        database_url,
         shutdown,
         server: Some(handle),
         _dir: dir,
@@ -371,4 +378,209 @@ pub fn expected(errors: &[(&str, &str, &str)]) -> Vec<(String, String, String)> 
         .collect();
     errors.sort();
     errors
+}
+
+/// The RabbitMQ of the test machine; `None` (after printing why) when it is unreachable
+/// and not required.
+pub async fn amqp_url() -> Option<String> {
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned();
+    match tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+        Ok(_) => Some(url),
+        Err(error) => {
+            assert!(
+                !services_required(),
+                "KEEL_REQUIRE_SERVICES=1 but RabbitMQ is unreachable at 127.0.0.1:5672: {error}"
+            );
+            eprintln!("skipping: RabbitMQ not reachable at 127.0.0.1:5672 ({error})");
+            None
+        }
+    }
+}
+
+/// A queue prefix of one test's own.
+pub fn queue_prefix() -> String {
+    format!("keel.test.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Deletes the work and dead-letter queues under `prefix` (retry queues expire by themselves).
+pub async fn delete_queues(url: &str, prefix: &str) {
+    let Ok(connection) =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        for queue in [prefix.to_owned(), format!("{prefix}.dead")] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// Polls `probe` every 50 ms until it answers `Some`, for at most `seconds`.
+pub async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {seconds}s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A real SMTP server (aiosmtpd, from PyPI) that keeps what it receives in a maildir.
+pub struct SmtpServer {
+    pub port: u16,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    /// Starts one; `None` (after printing why) when aiosmtpd is not installed and services
+    /// are not required. `.ci/run` installs it in the project's `.venv`.
+    pub async fn start() -> Option<Self> {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/python");
+        let python = if std::path::Path::new(venv).exists() {
+            venv
+        } else {
+            "python3"
+        };
+        let available = std::process::Command::new(python)
+            .args(["-c", "import aiosmtpd"])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !available {
+            assert!(
+                !services_required(),
+                "KEEL_REQUIRE_SERVICES=1 but aiosmtpd is not installed (pip install aiosmtpd)"
+            );
+            eprintln!("skipping: aiosmtpd is not installed (pip install aiosmtpd)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = tempfile::tempdir().expect("maildir");
+        let child = std::process::Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.path().join("maildir"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("aiosmtpd starts");
+        let server = Self { port, child, dir };
+        eventually(20, "aiosmtpd to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await;
+        Some(server)
+    }
+
+    /// The URL keel sends to.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, raw.
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        let mut messages = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(entries) = std::fs::read_dir(self.dir.path().join("maildir").join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if let Ok(bytes) = std::fs::read(entry.path()) {
+                    messages.push(bytes);
+                }
+            }
+        }
+        messages
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A received e-mail, decoded.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub message_id: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Mail {
+    /// Parses a raw message (headers, and a multipart/alternative body).
+    pub fn parse(raw: &[u8]) -> Self {
+        let parsed = mailparse::parse_mail(raw).expect("a well-formed message");
+        let header = |name: &str| {
+            parsed
+                .headers
+                .iter()
+                .find(|h| h.get_key().eq_ignore_ascii_case(name))
+                .map(|h| h.get_value())
+                .unwrap_or_default()
+        };
+        let body = |mime: &str| {
+            parsed
+                .subparts
+                .iter()
+                .find(|part| part.ctype.mimetype == mime)
+                .map(|part| part.get_body().expect("decodable body"))
+                .unwrap_or_default()
+        };
+        Self {
+            to: header("To"),
+            subject: header("Subject"),
+            message_id: header("Message-ID"),
+            text: body("text/plain"),
+            html: body("text/html"),
+        }
+    }
+
+    /// The `token` query parameter of the link in the plain-text body.
+    pub fn link_token(&self) -> String {
+        let start = self
+            .text
+            .find("token=")
+            .expect("the message has a link with a token")
+            + 6;
+        self.text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect()
+    }
+}
+
+/// The `.eml` files keel wrote under `data_dir/mail/`, parsed.
+pub fn mail_files(data_dir: &std::path::Path) -> Vec<Mail> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("mail")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "eml"))
+        .map(|entry| Mail::parse(&std::fs::read(entry.path()).expect("readable .eml")))
+        .collect()
 }

@@ -1,0 +1,173 @@
+//! `/jobs`: the admin API of the job queue.
+
+use axum::{
+    Json,
+    extract::State,
+    response::{IntoResponse, Response},
+};
+use http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::Admin,
+    error::{ApiError, FieldError, InputLocation, Problem},
+    http::{
+        extract::{QueryPairs, UuidParam},
+        pagination::{self, PageRequest},
+    },
+    server::AppState,
+};
+
+use super::{Job, JobQuery, JobState};
+
+/// The jobs routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(retry_job))
+}
+
+/// Longest `kind` filter accepted.
+const MAX_KIND_CHARS: usize = 100;
+
+const NOT_FOUND: ApiError = ApiError::NotFound("no job with this id");
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    /// Jobs, newest first.
+    pub items: Vec<Job>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List jobs, newest first (admins only).
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(
+        ("state" = Option<JobState>, Query, description = "Only jobs in this state"),
+        ("kind" = Option<String>, Query, max_length = 100, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$", description = "Only jobs of this kind, such as email.welcome (no control characters)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 20)"),
+        ("cursor" = Option<String>, Query, pattern = r"^az[E-H][A-Za-z0-9_-]{21}$", description = "The next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobList,
+            headers(("Link" = String, description = "RFC 8288 link to the next page (rel=\"next\"), when there is one"))),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid query parameters", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_jobs(
+    State(state): State<AppState>,
+    _admin: Admin,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let page = PageRequest::from_query(&query, &mut errors);
+    let job_state = query.get("state").and_then(|raw| {
+        let parsed = JobState::parse(raw);
+        if parsed.is_none() {
+            errors.push(FieldError::new(
+                InputLocation::Query,
+                "/state",
+                "invalid_state",
+                "must be one of queued, running, succeeded, dead",
+            ));
+        }
+        parsed
+    });
+    let kind = query
+        .text_filter("kind", MAX_KIND_CHARS, &mut errors)
+        .map(str::to_owned);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let (items, more) = state
+        .jobs
+        .store()
+        .list(&JobQuery {
+            state: job_state,
+            kind: kind.clone(),
+            limit: page.limit,
+            after: page.after,
+        })
+        .await?;
+    let last = items.last().map(|job| job.id);
+    let mut params = Vec::new();
+    if let Some(job_state) = job_state {
+        params.push(("state", job_state.as_str()));
+    }
+    if let Some(kind) = &kind {
+        params.push(("kind", kind.as_str()));
+    }
+    let (next_cursor, headers) = pagination::next_page("/jobs", &params, page.limit, last, more);
+    Ok((headers, Json(JobList { items, next_cursor })).into_response())
+}
+
+/// One job (admins only).
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_job(
+    State(state): State<AppState>,
+    _admin: Admin,
+    UuidParam(id): UuidParam,
+) -> Result<Json<Job>, ApiError> {
+    state.jobs.store().get(id).await?.map(Json).ok_or(NOT_FOUND)
+}
+
+/// Queue a dead job again, with fresh attempts (admins only).
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/retry",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "Queued again", body = Job),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is not dead", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn retry_job(
+    State(state): State<AppState>,
+    _admin: Admin,
+    UuidParam(id): UuidParam,
+) -> Result<Response, ApiError> {
+    let store = state.jobs.store();
+    match store.retry_dead(id).await? {
+        None => return Err(NOT_FOUND),
+        Some(false) => {
+            return Err(ApiError::Conflict {
+                kind: "/problems/job-not-dead",
+                title: "Job not dead",
+                detail: "only a dead job can be retried".to_owned(),
+            });
+        }
+        Some(true) => {}
+    }
+    state.jobs.wake();
+    let job = store.get(id).await?.ok_or(NOT_FOUND)?;
+    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
