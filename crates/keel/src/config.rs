@@ -163,6 +163,18 @@ pub struct Config {
     pub verify_email_ttl_secs: u64,
     /// Lifetime of a password-reset token, in seconds.
     pub password_reset_ttl_secs: u64,
+    /// How long events stay in the log for clients to resume from, in seconds.
+    pub events_retention_secs: u64,
+    /// Events an instance keeps for streams that are behind; a stream further behind is
+    /// closed as a slow consumer (and resumes from the log).
+    pub events_buffer: usize,
+    /// Seconds between heartbeats on an idle event stream.
+    pub events_heartbeat_secs: u64,
+    /// How often the event log is read when no notification says it changed, in
+    /// milliseconds (SQLite relies on it; PostgreSQL notifies).
+    pub events_poll_ms: u64,
+    /// Event streams one instance holds at most; more are answered 503.
+    pub events_max_connections: usize,
 }
 
 impl Default for Config {
@@ -215,6 +227,11 @@ impl Default for Config {
             public_url: "http://127.0.0.1:3000".to_owned(),
             verify_email_ttl_secs: 24 * 60 * 60,
             password_reset_ttl_secs: 60 * 60,
+            events_retention_secs: 24 * 60 * 60,
+            events_buffer: 4096,
+            events_heartbeat_secs: 15,
+            events_poll_ms: 100,
+            events_max_connections: 20_000,
         }
     }
 }
@@ -289,6 +306,7 @@ impl Config {
             return bad("KEEL_LOGIN_FAILURE_WINDOW_SECS", "must be at least 1");
         }
         self.validate_jobs()?;
+        self.validate_events()?;
         if self.environment == Environment::Production {
             self.validate_production()?;
         }
@@ -371,6 +389,24 @@ impl Config {
                 "KEEL_VERIFY_EMAIL_TTL_SECS / KEEL_PASSWORD_RESET_TTL_SECS",
                 "must be at least 1",
             );
+        }
+        Ok(())
+    }
+
+    /// The event log's and the streams' settings.
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let bad = |name: &str, why: &str| Err(ConfigError(format!("{name}: {why}")));
+        if self.events_retention_secs == 0 {
+            return bad("KEEL_EVENTS_RETENTION_SECS", "must be at least 1");
+        }
+        if self.events_buffer == 0 || self.events_buffer > 1_000_000 {
+            return bad("KEEL_EVENTS_BUFFER", "must be 1-1000000");
+        }
+        if self.events_heartbeat_secs == 0 {
+            return bad("KEEL_EVENTS_HEARTBEAT_SECS", "must be at least 1");
+        }
+        if self.events_poll_ms == 0 {
+            return bad("KEEL_EVENTS_POLL_MS", "must be at least 1");
         }
         Ok(())
     }

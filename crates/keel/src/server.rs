@@ -22,7 +22,9 @@ use crate::{
     compute::{self, CpuPool},
     config::Config,
     db::Db,
-    docs, health,
+    docs,
+    events::{self, EventHub, tickets::Tickets},
+    health,
     http::{self, static_files::StaticFiles},
     idempotency,
     jobs::{self, Handlers, Jobs},
@@ -32,6 +34,9 @@ use crate::{
 
 /// How often expired idempotency keys are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// How long a ticket for an event stream may wait to be used.
+const EVENT_TICKET_TTL: Duration = Duration::from_secs(30);
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -54,6 +59,10 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// The job queue.
     pub jobs: Jobs,
+    /// New events, for the streams.
+    pub events: EventHub,
+    /// Tickets that open event streams.
+    pub events_tickets: Tickets,
 }
 
 /// Tells whether shutdown has begun, and wakes whoever waits for it.
@@ -94,6 +103,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(compute::router())
         .merge(jobs::router())
+        .merge(events::router())
 }
 
 /// The handlers of every job kind keel runs.
@@ -168,6 +178,8 @@ impl Server {
         let jobs = Jobs::new(&config, db.clone());
         let state = AppState {
             jobs,
+            events: EventHub::new(db.clone(), config.events_buffer),
+            events_tickets: Tickets::new(db.clone(), EVENT_TICKET_TTL),
             users,
             auth,
             audit,
@@ -213,6 +225,8 @@ impl Server {
             handlers,
         } = self;
         let purge = tokio::spawn(purge_expired(state.clone()));
+        let poll = Duration::from_millis(state.config.events_poll_ms);
+        let hub = tokio::spawn(state.events.clone().run(poll, state.shutdown.clone()));
         let workers = handlers.map(|handlers| {
             let (jobs, config, shutdown) = (
                 state.jobs.clone(),
@@ -247,6 +261,7 @@ impl Server {
             }
         }
         purge.abort();
+        hub.abort();
         if let Some(workers) = workers {
             // They stop taking jobs when shutdown begins and have the same grace as requests.
             if let Err(error) = workers.await {
@@ -288,6 +303,19 @@ async fn purge_expired(state: AppState) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "expired e-mail tokens deleted"),
             Err(error) => tracing::warn!(%error, "cannot purge e-mail tokens"),
+        }
+        match state.events_tickets.purge_expired(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired event tickets deleted"),
+            Err(error) => tracing::warn!(%error, "cannot purge event tickets"),
+        }
+        let retention = Duration::from_secs(state.config.events_retention_secs);
+        let before = chrono::Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(1));
+        match state.events.log().purge(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "events past their retention deleted"),
+            Err(error) => tracing::warn!(%error, "cannot purge events"),
         }
         let before = chrono::Utc::now() - SUCCEEDED_JOBS_KEPT;
         match state.jobs.store().purge_succeeded(before).await {

@@ -46,9 +46,25 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// A principal proven by other means than a token (an event-stream ticket), valid until
+    /// `expires` (seconds since the epoch).
+    pub(crate) fn new(user_id: Uuid, role: Role, session: Uuid, expires: i64) -> Self {
+        Self {
+            user_id,
+            role,
+            session,
+            expires,
+        }
+    }
+
     /// Whether the caller is an admin.
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// When the proof expires, in seconds since the epoch.
+    pub fn expires_at(&self) -> i64 {
+        self.expires
     }
 }
 
@@ -153,7 +169,7 @@ impl Tokens {
                 principal
             }
         };
-        if self.revoked.contains_key(&principal.session) {
+        if self.is_revoked(principal.session) {
             return Err(TokenError::Revoked);
         }
         Ok(principal)
@@ -173,6 +189,11 @@ impl Tokens {
             session: claims.sid,
             expires: claims.exp,
         })
+    }
+
+    /// Whether `session` was revoked within the last access-token lifetime.
+    pub fn is_revoked(&self, session: Uuid) -> bool {
+        self.revoked.contains_key(&session)
     }
 
     /// Refuses the tokens of `sessions` from now on.

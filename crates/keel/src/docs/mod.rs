@@ -11,8 +11,8 @@ use http::{HeaderValue, header};
 use utoipa::{
     OpenApi,
     openapi::{
-        self, ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder,
-        path::{Operation, ParameterIn},
+        self, ContentBuilder, ObjectBuilder, OpenApi as Document, RefOr, Required, ResponseBuilder,
+        path::{Operation, ParameterBuilder, ParameterIn},
         schema::{Schema, SchemaType, Type},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
@@ -87,6 +87,21 @@ pub fn complete(document: &mut Document) {
             .build()
     };
     for item in document.paths.paths.values_mut() {
+        // The idempotency middleware honours the header on every POST.
+        if let Some(post) = &mut item.post {
+            idempotency_key(post);
+            let responses = &mut post.responses.responses;
+            responses.entry("409".to_owned()).or_insert_with(|| {
+                RefOr::T(problem(
+                    "A request with this Idempotency-Key is still being processed",
+                ))
+            });
+            responses.entry("422".to_owned()).or_insert_with(|| {
+                RefOr::T(problem(
+                    "Invalid input, or an Idempotency-Key reused with another request",
+                ))
+            });
+        }
         let operations: [&mut Option<Operation>; 5] = [
             &mut item.get,
             &mut item.post,
@@ -119,6 +134,30 @@ pub fn complete(document: &mut Document) {
             }
         }
     }
+}
+
+/// Documents `Idempotency-Key` on `operation` unless it already is.
+fn idempotency_key(operation: &mut Operation) {
+    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+    if parameters.iter().any(|p| p.name == "Idempotency-Key") {
+        return;
+    }
+    parameters.push(
+        ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "Makes retries safe: the same key and request return the first answer \
+                 (1–255 visible ASCII characters)",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^[\x21-\x7E]{1,255}$")),
+            ))
+            .build(),
+    );
 }
 
 /// A header is absent or a string, never `null`; utoipa marks every optional non-query
