@@ -13,13 +13,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// Environment variables read without the `KEEL_` prefix.
-const CONVENTIONAL_ENV: [&str; 6] = [
+const CONVENTIONAL_ENV: [&str; 7] = [
     "host",
     "port",
     "database_url",
     "log_format",
     "amqp_url",
     "smtp_url",
+    "redis_url",
 ];
 
 /// `KEEL_*` variables that are not settings of the server (the CLI and the test suite read them).
@@ -175,6 +176,14 @@ pub struct Config {
     pub events_poll_ms: u64,
     /// Event streams one instance holds at most; more are answered 503.
     pub events_max_connections: usize,
+    /// `redis://...` of a Redis server that holds the cache every instance shares; unset,
+    /// each instance caches in its own memory.
+    #[serde(skip_serializing)]
+    pub redis_url: Option<SecretString>,
+    /// keel's Redis keys start with this.
+    pub redis_key_prefix: String,
+    /// How long a cached user is kept, in seconds.
+    pub cache_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -232,6 +241,9 @@ impl Default for Config {
             events_heartbeat_secs: 15,
             events_poll_ms: 100,
             events_max_connections: 20_000,
+            redis_url: None,
+            redis_key_prefix: "keel:".to_owned(),
+            cache_ttl_secs: 300,
         }
     }
 }
@@ -407,6 +419,15 @@ impl Config {
         }
         if self.events_poll_ms == 0 {
             return bad("KEEL_EVENTS_POLL_MS", "must be at least 1");
+        }
+        if let Some(url) = &self.redis_url {
+            let url = url.expose_secret();
+            if !url.starts_with("redis://") {
+                return bad("REDIS_URL", "must start with redis://");
+            }
+        }
+        if self.cache_ttl_secs == 0 {
+            return bad("KEEL_CACHE_TTL_SECS", "must be at least 1");
         }
         Ok(())
     }

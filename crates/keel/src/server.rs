@@ -29,7 +29,7 @@ use crate::{
     idempotency,
     jobs::{self, Handlers, Jobs},
     ratelimit::RateLimits,
-    users::{self, store::UserStore},
+    users::{self, cache::UserCache, store::UserStore},
 };
 
 /// How often expired idempotency keys are deleted.
@@ -106,6 +106,16 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(events::router())
 }
 
+/// The users cache the configuration asks for.
+fn user_cache(config: &Config) -> anyhow::Result<UserCache> {
+    let ttl = Duration::from_secs(config.cache_ttl_secs);
+    Ok(match &config.redis_url {
+        Some(url) => UserCache::redis(url, &config.redis_key_prefix, ttl)
+            .context("REDIS_URL cannot be used")?,
+        None => UserCache::memory(ttl),
+    })
+}
+
 /// The handlers of every job kind keel runs.
 pub fn job_handlers(config: &Config, users: &UserStore, db: &Db) -> anyhow::Result<Handlers> {
     let mut handlers = Handlers::default();
@@ -167,7 +177,7 @@ impl Server {
             config.compute_queue,
         )?);
         let auth = Auth::new(&config, keys, db.clone()).await?;
-        let users = UserStore::new(db.clone());
+        let users = UserStore::new(db.clone()).with_cache(user_cache(&config)?);
         let audit = AuditLog::new(db.clone());
         bootstrap_admin(&config, &users, &auth.passwords, &audit).await?;
         let handlers = if config.jobs_in_server {
@@ -227,6 +237,13 @@ impl Server {
         let purge = tokio::spawn(purge_expired(state.clone()));
         let poll = Duration::from_millis(state.config.events_poll_ms);
         let hub = tokio::spawn(state.events.clone().run(poll, state.shutdown.clone()));
+        let follow = tokio::spawn(
+            state
+                .users
+                .cache()
+                .clone()
+                .follow_changes(state.events.clone(), state.shutdown.clone()),
+        );
         let workers = handlers.map(|handlers| {
             let (jobs, config, shutdown) = (
                 state.jobs.clone(),
@@ -262,6 +279,7 @@ impl Server {
         }
         purge.abort();
         hub.abort();
+        follow.abort();
         if let Some(workers) = workers {
             // They stop taking jobs when shutdown begins and have the same grace as requests.
             if let Err(error) = workers.await {

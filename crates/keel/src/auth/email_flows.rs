@@ -204,6 +204,7 @@ async fn verify_email(
         .await?
         .ok_or_else(invalid_token)?;
     tx.commit().await?;
+    state.users.written(&user).await;
     state
         .audit
         .record(
@@ -327,6 +328,7 @@ async fn reset_password(
         .spend_all(&mut tx, user.id, Purpose::ResetPassword)
         .await?;
     tx.commit().await?;
+    state.users.written(&user).await;
     let families = state.auth.sessions.revoke_user(user.id, None).await?;
     state.auth.tokens.revoke(families);
     state

@@ -64,6 +64,22 @@ pub struct Ready {
     /// The job queue (for monitoring: a deep queue or a lost broker does not make the
     /// instance unready, since jobs wait safely in the database).
     pub jobs: JobsDetail,
+    /// The users cache (informational: without it reads go to the database).
+    pub cache: CacheDetail,
+}
+
+/// The users cache's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CacheDetail {
+    /// `memory` (this process) or `redis` (shared by every instance).
+    #[schema(example = "redis")]
+    pub backend: &'static str,
+    /// `ok`, or `down` while Redis cannot be reached (reads then go to the database).
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// Why it is down, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The job queue's state.
@@ -98,7 +114,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_draining() {
         return not_ready("shutting down".to_owned());
     }
-    let (database, migrations, stats) = tokio::join!(
+    let (database, migrations, stats, cache) = tokio::join!(
         check("database", state.db.ping()),
         check("migrations", async {
             match state.db.is_migrated().await {
@@ -108,7 +124,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
             }
         }),
         tokio::time::timeout(CHECK_TIMEOUT, state.jobs.store().stats()),
+        state.users.cache().check(),
     );
+    let cache = CacheDetail {
+        backend: state.users.cache().backend(),
+        status: if matches!(cache, Some(Err(_))) {
+            "down"
+        } else {
+            "ok"
+        },
+        reason: cache.and_then(Result::err),
+    };
     let checks = vec![database, migrations];
     let failing: Vec<String> = checks
         .iter()
@@ -146,6 +172,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             running: stats.running,
             dead: stats.dead,
         },
+        cache,
     })
     .into_response()
 }

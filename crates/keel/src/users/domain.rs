@@ -127,7 +127,7 @@ fn password(value: Value) -> Result<Password, Invalid> {
 }
 
 /// A stored user.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 #[schema(example = json!({
     "id": "019a8f4e-6b1a-7c3e-9d2f-5a4b3c2d1e0f",
     "email": "ada@example.com",

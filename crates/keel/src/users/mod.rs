@@ -1,5 +1,6 @@
 //! The users resource: domain types, storage and routes.
 
+pub mod cache;
 pub mod domain;
 mod routes;
 pub mod store;

@@ -166,7 +166,7 @@ async fn get_user(
     if_none_match: IfNoneMatch,
 ) -> Result<Response, ApiError> {
     visible(&principal, id)?;
-    let user = state.users.get(id).await?.ok_or(NOT_FOUND)?;
+    let user = state.users.get_cached(id).await?.ok_or(NOT_FOUND)?;
     let etag = ETag::from_version(user.version);
     if if_none_match.is_fresh(&etag) {
         return Ok((
@@ -348,7 +348,11 @@ async fn verify_new_address(state: &AppState, id: uuid::Uuid) {
     )
 )]
 async fn get_me(State(state): State<AppState>, principal: Principal) -> Result<Response, ApiError> {
-    let user = state.users.get(principal.user_id).await?.ok_or(NOT_FOUND)?;
+    let user = state
+        .users
+        .get_cached(principal.user_id)
+        .await?
+        .ok_or(NOT_FOUND)?;
     Ok(user_response(StatusCode::OK, &user, HeaderMap::new()))
 }
 

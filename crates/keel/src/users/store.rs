@@ -1,6 +1,6 @@
 //! Storage of users, on either backend.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
@@ -14,7 +14,10 @@ use crate::{
     http::pagination::Cursor,
 };
 
-use super::domain::{NewUser, Role, User, UserChanges};
+use super::{
+    cache::{Lookup, UserCache},
+    domain::{NewUser, Role, User, UserChanges},
+};
 
 /// Why a write was refused.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,7 @@ impl FromRow for WithHash {
 pub struct UserStore {
     db: Db,
     inserts: Arc<Batcher<Insert, Result<(), StoreError>>>,
+    cache: UserCache,
 }
 
 impl UserStore {
@@ -134,7 +138,39 @@ impl UserStore {
         Self {
             db,
             inserts: Arc::new(inserts),
+            cache: UserCache::memory(Duration::from_secs(300)),
         }
+    }
+
+    /// The same storage reading single users through `cache`.
+    pub fn with_cache(self, cache: UserCache) -> Self {
+        Self { cache, ..self }
+    }
+
+    /// The cache of single users.
+    pub fn cache(&self) -> &UserCache {
+        &self.cache
+    }
+
+    /// User `id` from the cache, or from the database (then cached). Only for answering
+    /// reads: a write starts from [`UserStore::get`], the stored row.
+    pub async fn get_cached(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        match self.cache.get(id).await {
+            Lookup::Found(user) => return Ok(Some(user)),
+            Lookup::Deleted => return Ok(None),
+            Lookup::Miss => {}
+        }
+        let user = self.get(id).await?;
+        if let Some(user) = &user {
+            self.cache.put(user).await;
+        }
+        Ok(user)
+    }
+
+    /// Brings the cache up to `user`, written in a transaction that has committed; every
+    /// write does this before it is answered.
+    pub async fn written(&self, user: &User) {
+        self.cache.put(user).await;
     }
 
     /// Stores a new user with its password hash, answering once its row is committed.
@@ -246,6 +282,7 @@ impl UserStore {
         if changed == 0 {
             return Err(StoreError::VersionMismatch);
         }
+        self.cache.put(&updated).await;
         Ok(updated)
     }
 
@@ -332,6 +369,7 @@ impl UserStore {
         if result == 0 {
             return Err(StoreError::VersionMismatch);
         }
+        self.cache.put(&updated).await;
         Ok(updated)
     }
 
@@ -348,6 +386,7 @@ impl UserStore {
         if deleted == 0 {
             return Err(StoreError::VersionMismatch);
         }
+        self.cache.delete(id).await;
         Ok(())
     }
 }

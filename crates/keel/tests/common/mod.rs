@@ -397,6 +397,21 @@ pub async fn amqp_url() -> Option<String> {
     }
 }
 
+/// The Redis every cache test shares (each with its own key prefix), if it answers.
+pub async fn redis_url() -> Option<String> {
+    match tokio::net::TcpStream::connect("127.0.0.1:6379").await {
+        Ok(_) => Some("redis://127.0.0.1:6379".to_owned()),
+        Err(error) => {
+            assert!(
+                !services_required(),
+                "KEEL_REQUIRE_SERVICES=1 but Redis is unreachable at 127.0.0.1:6379: {error}"
+            );
+            eprintln!("skipping: Redis not reachable at 127.0.0.1:6379 ({error})");
+            None
+        }
+    }
+}
+
 /// A queue prefix of one test's own.
 pub fn queue_prefix() -> String {
     format!("keel.test.{}", uuid::Uuid::new_v4().simple())
