@@ -20,6 +20,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod mail;
 pub mod ratelimit;
+pub mod redis_conn;
 pub mod server;
 pub mod telemetry;
 pub mod users;

@@ -29,6 +29,7 @@ use crate::{
     idempotency,
     jobs::{self, Handlers, Jobs},
     ratelimit::RateLimits,
+    redis_conn::Redis,
     users::{self, cache::UserCache, store::UserStore},
 };
 
@@ -107,13 +108,12 @@ fn api() -> OpenApiRouter<AppState> {
 }
 
 /// The users cache the configuration asks for.
-fn user_cache(config: &Config) -> anyhow::Result<UserCache> {
+fn user_cache(config: &Config, redis: Option<&Redis>) -> UserCache {
     let ttl = Duration::from_secs(config.cache_ttl_secs);
-    Ok(match &config.redis_url {
-        Some(url) => UserCache::redis(url, &config.redis_key_prefix, ttl)
-            .context("REDIS_URL cannot be used")?,
+    match redis {
+        Some(redis) => UserCache::redis(redis.clone(), ttl),
         None => UserCache::memory(ttl),
-    })
+    }
 }
 
 /// The handlers of every job kind keel runs.
@@ -177,7 +177,13 @@ impl Server {
             config.compute_queue,
         )?);
         let auth = Auth::new(&config, keys, db.clone()).await?;
-        let users = UserStore::new(db.clone()).with_cache(user_cache(&config)?);
+        let redis = config
+            .redis_url
+            .as_ref()
+            .map(|url| Redis::connect(url, &config.redis_key_prefix))
+            .transpose()
+            .context("REDIS_URL cannot be used")?;
+        let users = UserStore::new(db.clone()).with_cache(user_cache(&config, redis.as_ref()));
         let audit = AuditLog::new(db.clone());
         bootstrap_admin(&config, &users, &auth.passwords, &audit).await?;
         let handlers = if config.jobs_in_server {
@@ -193,7 +199,7 @@ impl Server {
             users,
             auth,
             audit,
-            rate_limits: RateLimits::from_config(&config)?,
+            rate_limits: RateLimits::from_config(&config)?.shared_through(redis),
             db,
             compute,
             config: Arc::new(config),

@@ -43,24 +43,6 @@ async fn patch_name(app: &TestApp, id: &str, name: &str) -> reqwest::Response {
         .unwrap()
 }
 
-/// A second keel on the first one's database and signing key, configured by `adjust`.
-async fn second_instance(first: &TestApp, adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let url = first.database_url.clone();
-    // Where keel generates its development key.
-    let key = first.data_dir.join("jwt-ed25519.pem");
-    common::spawn_with(Backend::Sqlite, move |config| {
-        config.database_url = Some(SecretString::from(url));
-        config.jwt_private_key_file = Some(key);
-        adjust(config);
-    })
-    .await
-    .expect("second instance")
-}
-
-fn redis_prefix() -> String {
-    format!("keel-test-{}:", uuid::Uuid::new_v4().simple())
-}
-
 async fn reads_are_cached_and_writes_refresh_them(app: TestApp) {
     let ada = app.create_user("ada@example.com", "Ada Lovelace").await;
     let id = ada["id"].as_str().unwrap();
@@ -127,7 +109,7 @@ async fn redis_cache_reads_are_cached_and_writes_refresh_them() {
     let Some(redis) = redis_url().await else {
         return;
     };
-    let prefix = redis_prefix();
+    let prefix = common::redis_prefix();
     let app = common::spawn_with(Backend::Postgres, move |config| {
         config.redis_url = Some(SecretString::from(redis));
         config.redis_key_prefix = prefix;
@@ -145,7 +127,7 @@ async fn two_instances_with_redis_read_their_writes() {
     let Some(redis) = redis_url().await else {
         return;
     };
-    let prefix = redis_prefix();
+    let prefix = common::redis_prefix();
     let shared = (redis.clone(), prefix.clone());
     let Some(a) = common::spawn_with(Backend::Postgres, move |config| {
         config.redis_url = Some(SecretString::from(shared.0));
@@ -155,7 +137,7 @@ async fn two_instances_with_redis_read_their_writes() {
     else {
         return;
     };
-    let b = second_instance(&a, move |config| {
+    let b = common::spawn_beside(&a, move |config| {
         config.redis_url = Some(SecretString::from(redis));
         config.redis_key_prefix = prefix;
     })
@@ -258,7 +240,7 @@ async fn two_instances_without_redis_converge_through_the_event_log() {
     let Some(a) = common::spawn(Backend::Postgres).await else {
         return;
     };
-    let b = second_instance(&a, |_| {}).await;
+    let b = common::spawn_beside(&a, |_| {}).await;
     let user = a.create_user("ada@example.com", "Ada Lovelace").await;
     let id = user["id"].as_str().unwrap().to_owned();
     assert_eq!(get_user(&b, &id).await.1["name"], "Ada Lovelace");

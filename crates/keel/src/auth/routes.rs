@@ -243,7 +243,7 @@ async fn login(
     ValidJson(request): ValidJson<Login>,
 ) -> Result<Response, ApiError> {
     let account = request.email.to_lowercase();
-    state.rate_limits.check_account(&account)?;
+    state.rate_limits.check_account(&account).await?;
     let found = state.users.credentials(&request.email).await?;
     let (user, hash) = match &found {
         Some((user, hash)) => (Some(user), hash.as_deref()),
@@ -251,7 +251,7 @@ async fn login(
     };
     let valid = state.auth.passwords.verify(hash, &request.password).await?;
     let Some(user) = user.filter(|_| valid) else {
-        state.rate_limits.record_login_failure(&account);
+        state.rate_limits.record_login_failure(&account).await;
         let audit = Audit::new(AuditKind::LoginFailed, user.map(|u| u.id), Some(ip));
         let audit = if user.is_some() {
             audit.detail("wrong password")

@@ -3,7 +3,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use axum::{
@@ -11,7 +11,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http::{HeaderName, HeaderValue, Method, Request};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::{error::ApiError, http::security_headers};
@@ -65,13 +64,15 @@ pub struct Limited<S> {
 
 impl<S, B, RB> Service<Request<B>> for Limited<S>
 where
-    S: Service<Request<B>, Response = http::Response<RB>>,
+    S: Service<Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
     RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     RB::Error: Into<axum::BoxError>,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = LimitedFuture<S::Future>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -83,27 +84,30 @@ where
         request.extensions_mut().insert(ClientIp(client));
         let credential_route =
             request.method() == Method::POST && CREDENTIAL_ROUTES.contains(&request.uri().path());
-        let verdict = self.limits.check(client, credential_route);
-        if let Some(retry_after_secs) = verdict.refused {
-            let mut response = ApiError::TooManyRequests {
-                detail: "too many requests from this client; slow down",
-                retry_after_secs,
-                // Both limits' headers are added below.
-                limit: None,
+        let limits = self.limits.clone();
+        // The service that was made ready goes into the future; a fresh clone stays.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            // With Redis the counts are shared by every instance, hence the await.
+            let verdict = limits.check(client, credential_route).await;
+            if let Some(retry_after_secs) = verdict.refused {
+                let mut response = ApiError::TooManyRequests {
+                    detail: "too many requests from this client; slow down",
+                    retry_after_secs,
+                    // Both limits' headers are added below.
+                    limit: None,
+                }
+                .into_response();
+                add(&mut response, verdict.headers);
+                return Ok(security_headers::add(response));
             }
-            .into_response();
+            // The problem layer outside takes a plain body anyway; the conversion happens
+            // once, here.
+            let mut response = inner.call(request).await?.map(Body::new);
             add(&mut response, verdict.headers);
-            return LimitedFuture {
-                inner: None,
-                refused: Some(security_headers::add(response)),
-                headers: None,
-            };
-        }
-        LimitedFuture {
-            inner: Some(self.inner.call(request)),
-            refused: None,
-            headers: verdict.headers,
-        }
+            Ok(response)
+        })
     }
 }
 
@@ -112,42 +116,5 @@ fn add(response: &mut Response, headers: Option<(HeaderValue, HeaderValue)>) {
         let map = response.headers_mut();
         map.insert(RATELIMIT_POLICY, policy);
         map.insert(RATELIMIT, state);
-    }
-}
-
-pin_project! {
-    /// The response future of [`Limited`].
-    pub struct LimitedFuture<F> {
-        #[pin]
-        inner: Option<F>,
-        refused: Option<Response>,
-        headers: Option<(HeaderValue, HeaderValue)>,
-    }
-}
-
-impl<F, E, RB> Future for LimitedFuture<F>
-where
-    F: Future<Output = Result<http::Response<RB>, E>>,
-    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    RB::Error: Into<axum::BoxError>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(response) = this.refused.take() {
-            return Poll::Ready(Ok(response));
-        }
-        match this.inner.as_pin_mut() {
-            Some(inner) => {
-                // The problem layer outside takes a plain body anyway; the conversion
-                // happens once, here.
-                let mut response = ready!(inner.poll(cx))?.map(Body::new);
-                add(&mut response, this.headers.take());
-                Poll::Ready(Ok(response))
-            }
-            // Polled again after completion: a bug of the caller; answer something sane.
-            None => Poll::Ready(Ok(http::StatusCode::INTERNAL_SERVER_ERROR.into_response())),
-        }
     }
 }

@@ -4,8 +4,10 @@
 //! Per-client limits are GCRA (governor) keyed by the client address, which is the socket's
 //! peer unless that peer is a trusted proxy (see [`client`]). Every limited response carries
 //! the IETF `RateLimit-Policy` and `RateLimit` headers; a refused one is a 429 problem with
-//! `Retry-After`. The state lives in this process: behind a load balancer each instance
-//! counts its own clients.
+//! `Retry-After`. With Redis (`REDIS_URL`) the counts live there, so every instance behind
+//! a load balancer enforces the same limits (GCRA and the failure counter run as Lua
+//! scripts, atomically); without it, or while Redis does not answer, each instance counts
+//! in its own memory.
 
 pub mod client;
 pub mod layer;
@@ -28,8 +30,9 @@ use governor::{
 };
 use http::HeaderValue;
 use moka::sync::Cache;
+use redis::Script;
 
-use crate::{config::Config, error::ApiError};
+use crate::{config::Config, error::ApiError, redis_conn::Redis};
 
 pub use client::{ClientIp, TrustedProxies};
 pub use layer::RateLimitLayer;
@@ -133,7 +136,75 @@ struct Inner {
 
 /// The limits of one keel process, built once from the configuration.
 #[derive(Clone)]
-pub struct RateLimits(Arc<Inner>);
+pub struct RateLimits(Arc<Inner>, Option<Arc<Shared>>);
+
+/// GCRA over a window of ARGV[1] ms with a quota of ARGV[2]: the key holds the theoretical
+/// arrival time. Answers {1, remaining, ms until whole} or {0, ms to wait}.
+const GCRA: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local period = tonumber(ARGV[1])
+local emission = period / tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + emission
+if now < next_tat - period then
+  return {0, math.ceil(next_tat - period - now)}
+end
+redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now))
+return {1, math.floor((period - (next_tat - now)) / emission), math.ceil(next_tat - now)}
+";
+
+/// Counts one failure; the count expires ARGV[1] ms after the first.
+const COUNT_FAILURE: &str = r"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return count
+";
+
+/// The failure count and the ms it has left.
+const READ_FAILURES: &str = r"
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}
+";
+
+/// The limits' state in Redis.
+struct Shared {
+    redis: Redis,
+    gcra: Script,
+    count_failure: Script,
+    read_failures: Script,
+}
+
+impl Shared {
+    async fn check(&self, limit: &Limit, client: IpAddr) -> Result<Decision, String> {
+        let mut invocation = self
+            .gcra
+            .key(self.redis.key(&format!("rl:{}:{client}", limit.name)));
+        invocation.arg(60_000).arg(limit.per_minute);
+        let answer: Vec<i64> = self
+            .redis
+            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        match answer.as_slice() {
+            [1, remaining, whole] => Ok(Decision::Allowed {
+                remaining: u32::try_from(*remaining).unwrap_or(0),
+                reset: whole_seconds(millis(*whole)),
+            }),
+            [0, wait] => Ok(Decision::Refused {
+                retry_after: whole_seconds(millis(*wait)),
+            }),
+            other => Err(format!("unexpected GCRA answer {other:?}")),
+        }
+    }
+
+    fn account_key(&self, account: &str) -> String {
+        self.redis.key(&format!(
+            "rl:account:{}",
+            crate::auth::sessions::digest(account)
+        ))
+    }
+}
 
 impl std::fmt::Debug for RateLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,6 +214,7 @@ impl std::fmt::Debug for RateLimits {
                 "credentials",
                 &self.0.credentials.as_ref().map(|l| l.per_minute),
             )
+            .field("shared", &self.1.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -168,16 +240,33 @@ impl RateLimits {
                 .build();
             (config.login_failure_limit, window, cache)
         });
-        let limits = Self(Arc::new(Inner {
-            general: Limit::new("general", config.rate_limit_per_minute),
-            credentials: Limit::new("auth", config.auth_rate_limit_per_minute),
-            failures,
-            proxies: TrustedProxies::parse(&config.trusted_proxies)?,
-        }));
+        let limits = Self(
+            Arc::new(Inner {
+                general: Limit::new("general", config.rate_limit_per_minute),
+                credentials: Limit::new("auth", config.auth_rate_limit_per_minute),
+                failures,
+                proxies: TrustedProxies::parse(&config.trusted_proxies)?,
+            }),
+            None,
+        );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(Arc::downgrade(&limits.0)));
         }
         Ok(limits)
+    }
+
+    /// The same limits, counted in `redis` (when there is one) so that every instance
+    /// shares them.
+    pub fn shared_through(self, redis: Option<Redis>) -> Self {
+        let shared = redis.map(|redis| {
+            Arc::new(Shared {
+                redis,
+                gcra: Script::new(GCRA),
+                count_failure: Script::new(COUNT_FAILURE),
+                read_failures: Script::new(READ_FAILURES),
+            })
+        });
+        Self(self.0, shared)
     }
 
     /// The trusted proxies.
@@ -187,7 +276,7 @@ impl RateLimits {
 
     /// Counts one request of `client` against the general limit and, for a credential
     /// route, against the strict one.
-    pub fn check(&self, client: IpAddr, credential_route: bool) -> Verdict {
+    pub async fn check(&self, client: IpAddr, credential_route: bool) -> Verdict {
         let limits = [
             self.0.general.as_ref(),
             self.0.credentials.as_ref().filter(|_| credential_route),
@@ -196,7 +285,11 @@ impl RateLimits {
         let mut policies = Vec::new();
         let mut members = Vec::new();
         for limit in limits.into_iter().flatten() {
-            let decision = limit.check(client);
+            let shared = match &self.1 {
+                Some(shared) => shared.check(limit, client).await.ok(),
+                None => None,
+            };
+            let decision = shared.unwrap_or_else(|| limit.check(client));
             if let Decision::Refused { retry_after } = decision {
                 refused = Some(refused.map_or(retry_after, |r| r.max(retry_after)));
             }
@@ -215,16 +308,22 @@ impl RateLimits {
     }
 
     /// Refuses while `account` (a lower-cased e-mail) has used up its failed logins.
-    pub fn check_account(&self, account: &str) -> Result<(), ApiError> {
+    pub async fn check_account(&self, account: &str) -> Result<(), ApiError> {
         let Some((limit, window, cache)) = &self.0.failures else {
             return Ok(());
         };
-        let Some(failures) = cache.get(account) else {
-            return Ok(());
+        let (count, left) = match self.shared_failures(account).await {
+            Some(found) => found,
+            None => {
+                let Some(failures) = cache.get(account) else {
+                    return Ok(());
+                };
+                let left = window.saturating_sub(failures.started.elapsed());
+                (failures.count.load(Ordering::Acquire), left)
+            }
         };
-        let elapsed = failures.started.elapsed();
-        if failures.count.load(Ordering::Acquire) >= *limit && elapsed < *window {
-            let retry_after_secs = whole_seconds(*window - elapsed);
+        if count >= *limit && !left.is_zero() {
+            let retry_after_secs = whole_seconds(left);
             let headers =
                 HeaderValue::from_str(&format!("\"account\";q={limit};w={}", window.as_secs()))
                     .ok()
@@ -241,8 +340,36 @@ impl RateLimits {
         Ok(())
     }
 
+    /// The failures of `account` counted in Redis and the time their window has left;
+    /// `None` without Redis or when it does not answer.
+    async fn shared_failures(&self, account: &str) -> Option<(u32, Duration)> {
+        let shared = self.1.as_ref()?;
+        let invocation = shared.read_failures.key(shared.account_key(account));
+        let (count, left): (i64, i64) = shared
+            .redis
+            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await
+            .ok()?;
+        let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+        Some((u32::try_from(count).unwrap_or(u32::MAX), left))
+    }
+
     /// Counts one failed login (or failed password confirmation) against `account`.
-    pub fn record_login_failure(&self, account: &str) {
+    pub async fn record_login_failure(&self, account: &str) {
+        let Some((_, window, _)) = &self.0.failures else {
+            return;
+        };
+        if let Some(shared) = &self.1 {
+            let mut invocation = shared.count_failure.key(shared.account_key(account));
+            invocation.arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+            let counted: Result<i64, String> = shared
+                .redis
+                .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+                .await;
+            if counted.is_ok() {
+                return;
+            }
+        }
         if let Some((_, _, cache)) = &self.0.failures {
             let failures = cache.get_with(account.to_owned(), || {
                 Arc::new(Failures {
@@ -297,10 +424,10 @@ mod tests {
         )
     }
 
-    #[test]
-    fn the_quota_counts_down_then_refuses_with_a_wait() {
+    #[tokio::test]
+    async fn the_quota_counts_down_then_refuses_with_a_wait() {
         let limits = limits(3, 0, 0);
-        let first = limits.check(CLIENT, false);
+        let first = limits.check(CLIENT, false).await;
         assert_eq!(first.refused, None);
         assert_eq!(
             header(&first),
@@ -310,25 +437,25 @@ mod tests {
             )
         );
         assert_eq!(
-            header(&limits.check(CLIENT, false)).1,
+            header(&limits.check(CLIENT, false).await).1,
             "\"general\";r=1;t=40"
         );
         assert_eq!(
-            header(&limits.check(CLIENT, false)).1,
+            header(&limits.check(CLIENT, false).await).1,
             "\"general\";r=0;t=60"
         );
-        let refused = limits.check(CLIENT, false);
+        let refused = limits.check(CLIENT, false).await;
         let wait = refused.refused.expect("the fourth request is refused");
         assert!((19..=20).contains(&wait), "{wait}");
         assert_eq!(header(&refused).1, format!("\"general\";r=0;t={wait}"));
         // Another client has its own quota.
-        assert_eq!(limits.check(OTHER, false).refused, None);
+        assert_eq!(limits.check(OTHER, false).await.refused, None);
     }
 
-    #[test]
-    fn credential_routes_meet_both_limits() {
+    #[tokio::test]
+    async fn credential_routes_meet_both_limits() {
         let limits = limits(100, 2, 0);
-        let verdict = limits.check(CLIENT, true);
+        let verdict = limits.check(CLIENT, true).await;
         assert_eq!(
             header(&verdict),
             (
@@ -336,27 +463,27 @@ mod tests {
                 "\"general\";r=99;t=1, \"auth\";r=1;t=30".to_owned()
             )
         );
-        assert_eq!(limits.check(CLIENT, true).refused, None);
-        assert!(limits.check(CLIENT, true).refused.is_some());
+        assert_eq!(limits.check(CLIENT, true).await.refused, None);
+        assert!(limits.check(CLIENT, true).await.refused.is_some());
         // Other routes only meet the general limit.
-        assert_eq!(limits.check(CLIENT, false).refused, None);
+        assert_eq!(limits.check(CLIENT, false).await.refused, None);
     }
 
-    #[test]
-    fn no_limit_no_headers() {
-        let verdict = limits(0, 0, 0).check(CLIENT, true);
+    #[tokio::test]
+    async fn no_limit_no_headers() {
+        let verdict = limits(0, 0, 0).check(CLIENT, true).await;
         assert_eq!(verdict.refused, None);
         assert!(verdict.headers.is_none());
     }
 
-    #[test]
-    fn failed_logins_lock_the_account_for_the_window() {
+    #[tokio::test]
+    async fn failed_logins_lock_the_account_for_the_window() {
         let limits = limits(0, 0, 2);
-        assert!(limits.check_account("ada@example.com").is_ok());
-        limits.record_login_failure("ada@example.com");
-        assert!(limits.check_account("ada@example.com").is_ok());
-        limits.record_login_failure("ada@example.com");
-        match limits.check_account("ada@example.com") {
+        assert!(limits.check_account("ada@example.com").await.is_ok());
+        limits.record_login_failure("ada@example.com").await;
+        assert!(limits.check_account("ada@example.com").await.is_ok());
+        limits.record_login_failure("ada@example.com").await;
+        match limits.check_account("ada@example.com").await {
             Err(ApiError::TooManyRequests {
                 retry_after_secs,
                 limit: Some(limit),
@@ -371,15 +498,15 @@ mod tests {
             }
             other => panic!("expected 429, got {other:?}"),
         }
-        assert!(limits.check_account("grace@example.com").is_ok());
+        assert!(limits.check_account("grace@example.com").await.is_ok());
     }
 
-    #[test]
-    fn failure_counting_can_be_off() {
+    #[tokio::test]
+    async fn failure_counting_can_be_off() {
         let limits = limits(0, 0, 0);
         for _ in 0..10 {
-            limits.record_login_failure("ada@example.com");
+            limits.record_login_failure("ada@example.com").await;
         }
-        assert!(limits.check_account("ada@example.com").is_ok());
+        assert!(limits.check_account("ada@example.com").await.is_ok());
     }
 }

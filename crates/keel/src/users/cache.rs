@@ -11,25 +11,15 @@
 //! The cache is never a reason to fail: when Redis cannot be reached, reads go to the
 //! database and `/readyz` says the cache is down.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use moka::{ops::compute::Op, sync::Cache};
-use redis::{Script, aio::ConnectionManager};
-use secrecy::{ExposeSecret, SecretString};
+use redis::Script;
 use uuid::Uuid;
 
-use crate::events::EventHub;
+use crate::{events::EventHub, redis_conn::Redis};
 
 use super::domain::User;
-
-/// Longest a Redis command may take before the cache is bypassed.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Users an instance keeps in memory.
 const MEMORY_CAPACITY: u64 = 100_000;
@@ -97,12 +87,9 @@ impl std::fmt::Debug for UserCache {
 
 /// The Redis side.
 struct RedisCache {
-    connection: ConnectionManager,
-    prefix: String,
+    redis: Redis,
     ttl: Duration,
     put: Script,
-    /// Whether the last command failed.
-    down: AtomicBool,
 }
 
 impl UserCache {
@@ -116,23 +103,13 @@ impl UserCache {
         ))
     }
 
-    /// A Redis cache at `url`, its keys starting with `prefix`. Connects lazily: keel
-    /// starts (and serves from the database) while Redis is unreachable.
-    pub fn redis(url: &SecretString, prefix: &str, ttl: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url.expose_secret())?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let connection = client.get_connection_manager_lazy(config)?;
-        Ok(Self(Backend::Redis(Arc::new(RedisCache {
-            connection,
-            prefix: prefix.to_owned(),
+    /// A cache in `redis` whose entries live `ttl`.
+    pub fn redis(redis: Redis, ttl: Duration) -> Self {
+        Self(Backend::Redis(Arc::new(RedisCache {
+            redis,
             ttl,
             put: Script::new(PUT_IF_NEWER),
-            down: AtomicBool::new(false),
-        }))))
+        })))
     }
 
     /// `memory` or `redis`.
@@ -178,7 +155,7 @@ impl UserCache {
     pub async fn check(&self) -> Option<Result<(), String>> {
         match &self.0 {
             Backend::Memory(_) => None,
-            Backend::Redis(redis) => Some(redis.ping().await),
+            Backend::Redis(cache) => Some(cache.redis.ping().await),
         }
     }
 
@@ -234,35 +211,14 @@ fn replace_if_accepted(cache: &Cache<Uuid, Entry>, id: Uuid, version: i64, entry
 
 impl RedisCache {
     fn key(&self, id: Uuid) -> String {
-        format!("{}user:{id}", self.prefix)
-    }
-
-    /// Runs `command` within [`REDIS_TIMEOUT`], recording whether Redis answered.
-    async fn run<T>(
-        &self,
-        command: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, String> {
-        let result = match tokio::time::timeout(REDIS_TIMEOUT, command).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {REDIS_TIMEOUT:?}")),
-        };
-        let was_down = self.down.swap(result.is_err(), Ordering::Relaxed);
-        match (&result, was_down) {
-            (Err(error), false) => {
-                tracing::warn!(%error, "the Redis cache is down; serving from the database")
-            }
-            (Ok(_), true) => tracing::info!("the Redis cache is back"),
-            _ => {}
-        }
-        result
+        self.redis.key(&format!("user:{id}"))
     }
 
     async fn get(&self, id: Uuid) -> Lookup {
-        let mut connection = self.connection.clone();
         let key = self.key(id);
         let found: Result<(Option<i64>, Option<String>), String> = self
-            .run(async move {
+            .redis
+            .run(|mut connection| async move {
                 redis::cmd("HMGET")
                     .arg(&key)
                     .arg("v")
@@ -294,27 +250,16 @@ impl RedisCache {
                 return;
             }
         };
-        let mut connection = self.connection.clone();
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let mut invocation = self.put.key(self.key(id));
         invocation.arg(version).arg(json).arg(ttl);
         let stored: Result<i64, String> = self
-            .run(async move { invocation.invoke_async(&mut connection).await })
+            .redis
+            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
             .await;
         if let Err(error) = stored {
             // The entry may now be stale until its TTL; say so where an operator looks.
             tracing::warn!(%error, %id, "cannot update the cached user after a write");
         }
-    }
-
-    async fn ping(&self) -> Result<(), String> {
-        let mut connection = self.connection.clone();
-        self.run(async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-        })
-        .await
-        .map(drop)
     }
 }

@@ -392,7 +392,7 @@ async fn update_me(
     if let Some(current_password) = &own.current_password {
         let user = state.users.get(me).await?.ok_or(NOT_FOUND)?;
         let account = user.email.to_lowercase();
-        state.rate_limits.check_account(&account)?;
+        state.rate_limits.check_account(&account).await?;
         let hash = state.users.password_hash(me).await?;
         if !state
             .auth
@@ -400,7 +400,7 @@ async fn update_me(
             .verify(hash.as_deref(), current_password)
             .await?
         {
-            state.rate_limits.record_login_failure(&account);
+            state.rate_limits.record_login_failure(&account).await;
             return Err(ApiError::Forbidden(
                 "current_password is not the account's password",
             ));

@@ -412,6 +412,26 @@ pub async fn redis_url() -> Option<String> {
     }
 }
 
+/// A Redis key prefix of one test's own.
+pub fn redis_prefix() -> String {
+    format!("keel-test-{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// A second keel on `first`'s database and signing key (as instances behind one load
+/// balancer share them), configured by `adjust`.
+pub async fn spawn_beside(first: &TestApp, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let url = first.database_url.clone();
+    // Where keel generates its development key.
+    let key = first.data_dir.join("jwt-ed25519.pem");
+    spawn_with(Backend::Sqlite, move |config| {
+        config.database_url = Some(SecretString::from(url));
+        config.jwt_private_key_file = Some(key);
+        adjust(config);
+    })
+    .await
+    .expect("second instance")
+}
+
 /// A queue prefix of one test's own.
 pub fn queue_prefix() -> String {
     format!("keel.test.{}", uuid::Uuid::new_v4().simple())
