@@ -231,18 +231,22 @@ async fn resend_verification(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Response, ApiError> {
-    state
-        .jobs
-        .enqueue(NewJob::new(VERIFY, json!({ "user_id": principal.user_id })))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            detail: "unless the address is verified already, a verification e-mail is on its way",
-        }),
+    accepted(
+        &state,
+        NewJob::new(VERIFY, json!({ "user_id": principal.user_id })),
+        "unless the address is verified already, a verification e-mail is on its way",
     )
-        .into_response())
+    .await
+}
+
+/// Queues the e-mail `job` and answers 202 with `detail`.
+async fn accepted(
+    state: &AppState,
+    job: NewJob,
+    detail: &'static str,
+) -> Result<Response, ApiError> {
+    state.jobs.enqueue(job).await.map_err(ApiError::internal)?;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { detail })).into_response())
 }
 
 /// Ask for a password-reset e-mail.
@@ -265,21 +269,12 @@ async fn forgot_password(
     ValidJson(request): ValidJson<ForgotPasswordRequest>,
 ) -> Result<Response, ApiError> {
     // The job looks the address up, so that this answer takes the same time either way.
-    state
-        .jobs
-        .enqueue(NewJob::new(
-            PASSWORD_RESET,
-            json!({ "email": request.email }),
-        ))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            detail: "if an account has this address, an e-mail with a reset link is on its way",
-        }),
+    accepted(
+        &state,
+        NewJob::new(PASSWORD_RESET, json!({ "email": request.email })),
+        "if an account has this address, an e-mail with a reset link is on its way",
     )
-        .into_response())
+    .await
 }
 
 /// Choose a new password with the token of a reset e-mail.
