@@ -184,6 +184,12 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// How long a cached user is kept, in seconds.
     pub cache_ttl_secs: u64,
+    /// Seconds a webhook endpoint has to answer a delivery.
+    pub webhooks_timeout_secs: u64,
+    /// Whether webhooks may target loopback, private and link-local addresses. Unset:
+    /// allowed in development, refused in production (so an admin account cannot be used
+    /// to reach internal services).
+    pub webhooks_allow_private_networks: Option<bool>,
 }
 
 impl Default for Config {
@@ -244,6 +250,8 @@ impl Default for Config {
             redis_url: None,
             redis_key_prefix: "keel:".to_owned(),
             cache_ttl_secs: 300,
+            webhooks_timeout_secs: 10,
+            webhooks_allow_private_networks: None,
         }
     }
 }
@@ -429,6 +437,9 @@ impl Config {
         if self.cache_ttl_secs == 0 {
             return bad("KEEL_CACHE_TTL_SECS", "must be at least 1");
         }
+        if !(1..=300).contains(&self.webhooks_timeout_secs) {
+            return bad("KEEL_WEBHOOKS_TIMEOUT_SECS", "must be 1-300");
+        }
         Ok(())
     }
 
@@ -470,6 +481,13 @@ impl Config {
     /// The request timeout as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// Whether webhooks may target private networks: as configured, or only in
+    /// development.
+    pub fn webhooks_allow_private_networks(&self) -> bool {
+        self.webhooks_allow_private_networks
+            .unwrap_or(self.environment == Environment::Development)
     }
 
     /// The shutdown grace period as a duration.

@@ -24,3 +24,4 @@ pub mod redis_conn;
 pub mod server;
 pub mod telemetry;
 pub mod users;
+pub mod webhooks;

@@ -31,6 +31,7 @@ use crate::{
     ratelimit::RateLimits,
     redis_conn::Redis,
     users::{self, cache::UserCache, store::UserStore},
+    webhooks,
 };
 
 /// How often expired idempotency keys are deleted.
@@ -105,6 +106,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(compute::router())
         .merge(jobs::router())
         .merge(events::router())
+        .merge(webhooks::router())
 }
 
 /// The users cache the configuration asks for.
@@ -120,6 +122,7 @@ fn user_cache(config: &Config, redis: Option<&Redis>) -> UserCache {
 pub fn job_handlers(config: &Config, users: &UserStore, db: &Db) -> anyhow::Result<Handlers> {
     let mut handlers = Handlers::default();
     auth::email_flows::register_handlers(&mut handlers, config, users.clone(), db)?;
+    webhooks::register_handler(&mut handlers, config, db)?;
     Ok(handlers)
 }
 
@@ -250,6 +253,7 @@ impl Server {
                 .clone()
                 .follow_changes(state.events.clone(), state.shutdown.clone()),
         );
+        let dispatch = tokio::spawn(webhooks::dispatch(state.clone()));
         let workers = handlers.map(|handlers| {
             let (jobs, config, shutdown) = (
                 state.jobs.clone(),
@@ -286,6 +290,7 @@ impl Server {
         purge.abort();
         hub.abort();
         follow.abort();
+        dispatch.abort();
         if let Some(workers) = workers {
             // They stop taking jobs when shutdown begins and have the same grace as requests.
             if let Err(error) = workers.await {
@@ -301,6 +306,9 @@ impl Server {
 /// How long spent and revoked refresh tokens are kept after they expire (for the audit of
 /// late reuse attempts).
 const EXPIRED_SESSIONS_KEPT: chrono::Duration = chrono::Duration::days(7);
+
+/// How long webhook deliveries stay in the delivery log.
+const DELIVERIES_KEPT: chrono::Duration = chrono::Duration::days(30);
 
 /// How long succeeded jobs stay listed in `/jobs`.
 const SUCCEEDED_JOBS_KEPT: chrono::Duration = chrono::Duration::days(7);
@@ -340,6 +348,15 @@ async fn purge_expired(state: AppState) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "events past their retention deleted"),
             Err(error) => tracing::warn!(%error, "cannot purge events"),
+        }
+        let before = chrono::Utc::now() - DELIVERIES_KEPT;
+        match webhooks::WebhookStore::new(state.db.clone())
+            .purge(before)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "old webhook deliveries deleted"),
+            Err(error) => tracing::warn!(%error, "cannot purge webhook deliveries"),
         }
         let before = chrono::Utc::now() - SUCCEEDED_JOBS_KEPT;
         match state.jobs.store().purge_succeeded(before).await {

@@ -44,6 +44,7 @@ const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
         (name = "admin", description = "Administration: the audit trail"),
         (name = "compute", description = "CPU-bound work on a bounded thread pool"),
         (name = "health", description = "Liveness and readiness probes"),
+        (name = "webhooks", description = "Endpoints that receive events as signed POSTs (Standard Webhooks), and their delivery logs"),
     ),
     components(schemas(Problem, FieldError, InputLocation, UserPage))
 )]

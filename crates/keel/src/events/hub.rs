@@ -91,6 +91,11 @@ impl EventHub {
         (receiver, self.watermark.load(Ordering::SeqCst))
     }
 
+    /// The id up to which every committed event has been published.
+    pub fn watermark(&self) -> i64 {
+        self.watermark.load(Ordering::SeqCst)
+    }
+
     /// Connections currently subscribed on this instance.
     pub fn subscribers(&self) -> usize {
         self.sender.receiver_count()

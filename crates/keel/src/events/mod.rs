@@ -9,7 +9,7 @@
 
 pub mod hub;
 mod routes;
-mod stream;
+pub(crate) mod stream;
 pub mod tickets;
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Principal,
-    db::{Db, DbError, FromRow, Row},
+    db::{Db, DbError, FromRow, Row, Tx},
 };
 
 pub use hub::EventHub;
@@ -81,6 +81,10 @@ impl FromRow for Published {
     }
 }
 
+/// The events after `$1`, at most `$2`, oldest first.
+const AFTER: &str = "SELECT id, type, user_id, CAST(data AS TEXT) AS data, occurred_at FROM events \
+    WHERE id > $1 ORDER BY id LIMIT $2";
+
 /// The event log's storage.
 #[derive(Debug, Clone)]
 pub struct EventLog {
@@ -95,13 +99,12 @@ impl EventLog {
 
     /// Up to `limit` events after `after`, oldest first.
     pub async fn after(&self, after: i64, limit: i64) -> Result<Vec<Published>, DbError> {
-        self.db
-            .fetch_all(
-                "SELECT id, type, user_id, CAST(data AS TEXT) AS data, occurred_at FROM events \
-                 WHERE id > $1 ORDER BY id LIMIT $2",
-                &[&after, &limit],
-            )
-            .await
+        self.db.fetch_all(AFTER, &[&after, &limit]).await
+    }
+
+    /// [`EventLog::after`], read in `tx`.
+    pub async fn after_in(tx: &mut Tx, after: i64, limit: i64) -> Result<Vec<Published>, DbError> {
+        tx.fetch_all(AFTER, &[&after, &limit]).await
     }
 
     /// The newest event's id; 0 when the log is empty.

@@ -72,7 +72,8 @@ impl Patterns {
         &self.0
     }
 
-    fn matches(&self, kind: &str) -> bool {
+    /// Whether an event of type `kind` is wanted.
+    pub fn matches(&self, kind: &str) -> bool {
         self.0.iter().any(|pattern| {
             pattern == "*"
                 || pattern == kind

@@ -294,21 +294,56 @@ impl<S: Send + Sync> FromRequestParts<S> for UuidParam {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let invalid = |name: &str| {
-            ApiError::invalid(FieldError::new(
-                InputLocation::Path,
-                format!("/{name}"),
-                "invalid_uuid",
-                "must be a UUID such as 0190b6f4-8e1c-7c3a-9f3e-3b1e2a4c5d6f",
-            ))
-        };
-        let axum::extract::Path(params) =
-            axum::extract::Path::<Vec<(String, String)>>::from_request_parts(parts, state)
-                .await
-                .map_err(|_| invalid("id"))?;
-        let (name, value) = params.into_iter().next().ok_or_else(|| invalid("id"))?;
-        uuid::Uuid::try_parse(&value)
-            .map(UuidParam)
-            .map_err(|_| invalid(&name))
+        let [id] = uuid_params(parts, state).await?;
+        Ok(Self(id))
+    }
+}
+
+/// The two UUIDs of a path such as `/webhooks/{id}/deliveries/{delivery_id}`, each
+/// reported by name when it is not one.
+#[derive(Debug, Clone, Copy)]
+pub struct UuidPair(pub uuid::Uuid, pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for UuidPair {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let [first, second] = uuid_params(parts, state).await?;
+        Ok(Self(first, second))
+    }
+}
+
+/// The route's `N` path parameters as UUIDs; every one that is not is reported.
+async fn uuid_params<S: Send + Sync, const N: usize>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<[uuid::Uuid; N], ApiError> {
+    let invalid = |name: &str| {
+        FieldError::new(
+            InputLocation::Path,
+            format!("/{name}"),
+            "invalid_uuid",
+            "must be a UUID such as 0190b6f4-8e1c-7c3a-9f3e-3b1e2a4c5d6f",
+        )
+    };
+    let axum::extract::Path(params) =
+        axum::extract::Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid(invalid("id")))?;
+    let mut ids = [uuid::Uuid::nil(); N];
+    let mut errors = Vec::new();
+    for (slot, (name, value)) in ids.iter_mut().zip(&params) {
+        match uuid::Uuid::try_parse(value) {
+            Ok(id) => *slot = id,
+            Err(_) => errors.push(invalid(name)),
+        }
+    }
+    if params.len() != N {
+        errors.push(invalid("id"));
+    }
+    if errors.is_empty() {
+        Ok(ids)
+    } else {
+        Err(ApiError::Validation(errors))
     }
 }

@@ -155,6 +155,8 @@ pub struct JobContext {
     pub payload: Value,
     /// This attempt's number, from 1.
     pub attempt: i32,
+    /// Attempts it gets: when `attempt` reaches it, a failure is final.
+    pub max_attempts: i32,
 }
 
 /// A job handler: an async function of the job that fails with a message worth keeping.

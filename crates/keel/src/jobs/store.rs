@@ -57,6 +57,7 @@ struct ClaimedRow(JobContext, i32);
 impl FromRow for ClaimedRow {
     fn from_row(row: &impl Row) -> Result<Self, DbError> {
         let payload: String = row.get("payload")?;
+        let max_attempts = row.get("max_attempts")?;
         Ok(Self(
             JobContext {
                 id: row.get("id")?,
@@ -64,8 +65,9 @@ impl FromRow for ClaimedRow {
                 payload: serde_json::from_str(&payload)
                     .map_err(|e| DbError::Corrupt(format!("job payload: {e}")))?,
                 attempt: row.get("attempts")?,
+                max_attempts,
             },
-            row.get("max_attempts")?,
+            max_attempts,
         ))
     }
 }

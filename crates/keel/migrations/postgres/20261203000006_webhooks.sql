@@ -1,0 +1,52 @@
+-- Webhooks: endpoints an admin registers for event types, and every delivery made to them.
+CREATE TABLE webhooks (
+    id             uuid        NOT NULL PRIMARY KEY,
+    url            text        NOT NULL,
+    -- A JSON array of event-type patterns (exact names, `prefix.*`, `*`).
+    event_types    text        NOT NULL,
+    description    text        NOT NULL,
+    -- Signs every delivery (HMAC-SHA256); needed in clear to sign, never shown after creation.
+    secret         text        NOT NULL,
+    active         boolean     NOT NULL,
+    -- Only events after this one are delivered (the log's newest when it was registered).
+    since_event_id bigint      NOT NULL,
+    created_at     timestamptz NOT NULL,
+    updated_at     timestamptz NOT NULL
+);
+
+-- One row per delivery of an event to an endpoint; a replay is a new row (`replay_of`)
+-- with the same `message_id`, which receivers use to ignore what they already handled.
+CREATE TABLE webhook_deliveries (
+    id              uuid        NOT NULL PRIMARY KEY,
+    webhook_id      uuid        NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    event_id        bigint      NOT NULL,
+    event_type      text        NOT NULL,
+    message_id      uuid        NOT NULL,
+    -- The exact body sent (the event as streams show it), so a replay sends the same bytes.
+    body            text        NOT NULL,
+    replay_of       uuid        REFERENCES webhook_deliveries (id) ON DELETE SET NULL,
+    state           text        NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    response_status integer,
+    response_body   text,
+    last_error      text,
+    duration_ms     integer,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    delivered_at    timestamptz
+);
+
+-- An event reaches an endpoint once, whichever instance dispatches it.
+CREATE UNIQUE INDEX webhook_deliveries_once ON webhook_deliveries (webhook_id, event_id)
+    WHERE replay_of IS NULL;
+CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, id);
+CREATE INDEX webhook_deliveries_created_at ON webhook_deliveries (created_at);
+
+-- How far the event log has been dispatched to webhooks. Instances take this row's lock
+-- to dispatch, so each event is dispatched by one of them.
+CREATE TABLE webhook_cursor (
+    id            integer NOT NULL PRIMARY KEY CHECK (id = 1),
+    last_event_id bigint  NOT NULL
+);
+
+INSERT INTO webhook_cursor (id, last_event_id) SELECT 1, COALESCE(MAX(id), 0) FROM events;
