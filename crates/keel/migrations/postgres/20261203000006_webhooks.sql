@@ -41,6 +41,9 @@ CREATE UNIQUE INDEX webhook_deliveries_once ON webhook_deliveries (webhook_id, e
     WHERE replay_of IS NULL;
 CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, id);
 CREATE INDEX webhook_deliveries_created_at ON webhook_deliveries (created_at);
+-- Deleting a delivery clears the `replay_of` of its replays: without this index each
+-- deleted delivery would scan the whole log (minutes for a webhook with a long one).
+CREATE INDEX webhook_deliveries_replay_of ON webhook_deliveries (replay_of);
 
 -- How far the event log has been dispatched to webhooks. Instances take this row's lock
 -- to dispatch, so each event is dispatched by one of them.

@@ -63,6 +63,10 @@ pub fn complete(document: &mut Document) {
             serde_json::json!({"email": ["current_password"], "password": ["current_password"]}),
         );
     }
+    if let Some(RefOr::T(Schema::Object(pattern))) = components.schemas.get_mut("EventTypePattern")
+    {
+        pattern.max_length = Some(100);
+    }
     components.add_security_scheme(
         "bearer",
         SecurityScheme::Http(
