@@ -43,6 +43,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Longest WebSocket message a client may send.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 
+/// Bytes read from a WebSocket at a time (larger messages still arrive whole).
+const READ_BUFFER: usize = 4 * 1024;
+
 /// A WebSocket send that takes longer than this means the client stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -268,6 +271,9 @@ async fn events_ws(
     let feed = Feed::new(state, principal, params.after, params.patterns);
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
+        // tungstenite allocates its read buffer up front (128 KiB by default), which would
+        // be most of a connection's memory; clients only send small control messages.
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| session(socket, feed, heartbeat)))
 }
 
