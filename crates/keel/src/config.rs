@@ -73,8 +73,10 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT, in seconds.
     pub shutdown_timeout_secs: u64,
-    /// Time to keep serving after SIGTERM with `/readyz` failing, so a load balancer
-    /// stops sending requests before the listener closes, in seconds.
+    /// Time to keep serving after SIGTERM with `/readyz` failing (and every response
+    /// closing its connection), so a load balancer stops sending requests before the
+    /// listener closes, in seconds. Behind nginx, make it longer than the upstream
+    /// `keepalive_timeout`.
     pub shutdown_drain_secs: u64,
     /// How long an `Idempotency-Key` is remembered, in seconds.
     pub idempotency_ttl_secs: u64,

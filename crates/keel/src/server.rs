@@ -25,7 +25,7 @@ use crate::{
     docs,
     events::{self, EventHub, tickets::Tickets},
     health,
-    http::{self, static_files::StaticFiles},
+    http::{self, listener::StoppableListener, static_files::StaticFiles},
     idempotency,
     jobs::{self, Handlers, Jobs},
     ratelimit::RateLimits,
@@ -36,6 +36,10 @@ use crate::{
 
 /// How often expired idempotency keys are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// How long shutdown waits for the first request of connections accepted just before the
+/// listener closed; any still silent then are closed with the idle ones.
+const FIRST_REQUEST_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long a ticket for an event stream may wait to be used.
 const EVENT_TICKET_TTL: Duration = Duration::from_secs(30);
@@ -149,7 +153,7 @@ pub fn app(state: AppState, static_files: StaticFiles) -> (Router, utoipa::opena
         .fallback(|| async { ::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { ::http::StatusCode::METHOD_NOT_ALLOWED });
     (
-        http::apply(router, &state.config, &state.rate_limits),
+        http::apply(router, &state.config, &state.rate_limits, &state.shutdown),
         document,
     )
 }
@@ -264,13 +268,18 @@ impl Server {
         });
         let shutdown = state.shutdown.clone();
         let drain = Duration::from_secs(state.config.shutdown_drain_secs);
+        let (listener, listener_stop) = StoppableListener::new(listener);
         let stop_accepting = async move {
             shutdown.started().await;
             // Keep serving (with /readyz failing) so a load balancer stops sending first.
             tokio::time::sleep(drain).await;
+            // Connections already made are served: what the kernel has queued is accepted
+            // before the listener closes, and a new connection's first request is read
+            // before idle connections are closed.
+            listener_stop.stop(FIRST_REQUEST_PATIENCE).await;
         };
         let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
+            if let Err(error) = tcp.get_ref().set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
         });

@@ -3,6 +3,7 @@
 
 pub mod conditional;
 pub mod extract;
+pub mod listener;
 pub mod pagination;
 pub mod problem;
 pub mod request_id;

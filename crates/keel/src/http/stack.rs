@@ -2,8 +2,13 @@
 
 use std::time::Duration;
 
-use axum::{Router, extract::DefaultBodyLimit};
-use http::{HeaderValue, Method, StatusCode, header};
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    middleware::{self, Next},
+    response::Response,
+};
+use http::{HeaderValue, Method, StatusCode, Version, header};
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -21,18 +26,24 @@ use crate::{
     config::Config,
     error::ApiError,
     ratelimit::{RateLimitLayer, RateLimits},
+    server::Shutdown,
     telemetry::RequestLogLayer,
 };
 
 use super::{problem::ProblemLayer, request_id, security_headers};
 
 /// Wraps every route of `router` in keel's middleware, outermost first:
-/// request id → request log → problem rendering → rate limits → security headers → CORS →
-/// compression → panic catcher → body limit → timeout.
-pub fn apply(router: Router, config: &Config, limits: &RateLimits) -> Router {
+/// connection closing while draining → request id → request log → problem rendering →
+/// rate limits → security headers → CORS → compression → panic catcher → body limit →
+/// timeout.
+pub fn apply(router: Router, config: &Config, limits: &RateLimits, shutdown: &Shutdown) -> Router {
     // One `Router::layer` call: each call boxes every route once more, and a boxed
     // route is cloned and its future boxed again on every request.
     let stack = ServiceBuilder::new()
+        .layer(middleware::from_fn_with_state(
+            shutdown.clone(),
+            close_connections_while_draining,
+        ))
         .map_request(request_id::drop_insane)
         .layer(SetRequestIdLayer::new(
             request_id::X_REQUEST_ID,
@@ -53,6 +64,28 @@ pub fn apply(router: Router, config: &Config, limits: &RateLimits) -> Router {
         ))
         .layer(DefaultBodyLimit::max(config.body_limit));
     router.layer(stack)
+}
+
+/// Once shutdown has begun, answers every HTTP/1 request with `Connection: close`, so that
+/// the client (a proxy's pool of keep-alive connections above all) sends its next request on
+/// a new connection. Otherwise the connections left idle when the drain ends are closed
+/// under a client that may be sending a request on one at that very moment: a request lost
+/// that a proxy cannot safely send again if it is not idempotent (nginx answers it 502).
+/// A refused new connection, by contrast, is retried on another instance. Upgrades
+/// (WebSockets) keep their `Connection: upgrade`; HTTP/2 has its own `GOAWAY`.
+async fn close_connections_while_draining(
+    State(shutdown): State<Shutdown>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let http1 = matches!(request.version(), Version::HTTP_10 | Version::HTTP_11);
+    let mut response = next.run(request).await;
+    if http1 && shutdown.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// A response extension telling the compression layer to send the body as it is: set by a
@@ -170,8 +203,11 @@ mod tests {
             panic!("secret detail: SELECT * FROM users")
         }
         let router = Router::new().route("/boom", get(boom));
-        let (status, headers, body) =
-            call(apply(router, &Config::default(), &limits()), "/boom").await;
+        let (status, headers, body) = call(
+            apply(router, &Config::default(), &limits(), &Shutdown::default()),
+            "/boom",
+        )
+        .await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
         assert_eq!(body["status"], 500);
@@ -181,6 +217,28 @@ mod tests {
         );
         assert!(!body.to_string().contains("secret"), "{body}");
         assert!(!body.to_string().contains("SELECT"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn responses_close_the_connection_once_shutdown_has_begun() {
+        let shutdown = Shutdown::default();
+        let router = apply(
+            Router::new().route("/", get(|| async { "hello" })),
+            &Config::default(),
+            &limits(),
+            &shutdown,
+        );
+        let connection = |router: Router| async move {
+            let response = router
+                .oneshot(Request::get("/").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.headers().get(header::CONNECTION).cloned()
+        };
+        assert_eq!(connection(router.clone()).await, None);
+        shutdown.begin();
+        assert_eq!(connection(router).await.unwrap(), "close");
     }
 
     #[tokio::test]
@@ -196,7 +254,11 @@ mod tests {
             request_timeout_secs: 1,
             ..Config::default()
         };
-        let (status, headers, body) = call(apply(router, &config, &limits()), "/slow").await;
+        let (status, headers, body) = call(
+            apply(router, &config, &limits(), &Shutdown::default()),
+            "/slow",
+        )
+        .await;
         assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
         assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
         assert_eq!(body["title"], "Request Timeout");
