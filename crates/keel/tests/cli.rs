@@ -6,7 +6,6 @@
 
 use std::{
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -14,6 +13,8 @@ use std::{
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+mod common;
 
 const STARTUP: Duration = Duration::from_secs(15);
 
@@ -52,12 +53,6 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// A client sending the bootstrap admin's access token, got from `login_url`.
 async fn admin_client(client: &reqwest::Client, login_url: &str) -> reqwest::Client {
     let response = client
@@ -69,15 +64,7 @@ async fn admin_client(client: &reqwest::Client, login_url: &str) -> reqwest::Cli
     assert_eq!(response.status(), 200, "bootstrap admin logs in");
     let body: Value = response.json().await.expect("token JSON");
     let token = body["access_token"].as_str().expect("access token");
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().expect("header value"),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("http client")
+    common::bearer_client(token)
 }
 
 /// A `keel serve` process, killed when dropped.
@@ -162,7 +149,7 @@ impl Drop for Running {
 
 /// `keel serve` on a free port in `dir`, with extra environment variables.
 async fn serve(dir: &Path, env: &[(&str, &str)]) -> Running {
-    let port = free_port();
+    let port = common::free_port();
     let mut command = keel(dir);
     command.arg("serve").env("PORT", port.to_string());
     for (name, value) in env {
@@ -280,7 +267,7 @@ fn config_file_errors_name_the_setting() {
 #[tokio::test]
 async fn config_file_settings_are_honoured() {
     let dir = TempDir::new().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     fs::write(
         dir.path().join("keel.toml"),
         format!("port = {port}\nbody_limit = 1024\n"),

@@ -24,8 +24,9 @@ use std::{
 };
 
 use common::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, Mail, SmtpServer, amqp_url, create_pg_database, delete_queues,
-    drop_pg_database, eventually, queue_prefix, redis_prefix, redis_url, services_required,
+    ADMIN_EMAIL, ADMIN_PASSWORD, Mail, SmtpServer, amqp_url, bearer_client, create_pg_database,
+    delete_queues, drop_pg_database, eventually, free_port, queue_prefix, redis_prefix, redis_url,
+    services_required,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -270,7 +271,7 @@ async fn sigterm_drops_no_request(cluster: &mut Cluster) {
     for client in 0..LOAD_CLIENTS {
         let load = Load {
             client,
-            http: admin_client(&cluster.admin_token),
+            http: bearer_client(&cluster.admin_token),
             base: cluster.proxy_base(),
             stop: Arc::clone(&stop),
             answered: Arc::clone(&answered),
@@ -492,7 +493,7 @@ impl Cluster {
             a,
             b,
             smtp,
-            admin: admin_client(&admin_token),
+            admin: bearer_client(&admin_token),
             admin_token,
             anon,
             proxy,
@@ -892,27 +893,6 @@ http {{
 
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|process| process.uid() == 0)
-}
-
-/// A new client (with connections of its own) that sends the admin's `token`.
-fn admin_client(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().expect("header value"),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("http client")
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// Prints the last lines of a log, to explain a failure.

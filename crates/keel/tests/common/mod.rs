@@ -166,18 +166,7 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> O
         .build()
         .expect("http client");
     let admin_token = login(&anon, addr, ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {admin_token}")
-            .parse()
-            .expect("token is a header value"),
-    );
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .default_headers(headers)
-        .build()
-        .expect("http client");
+    let client = bearer_client(&admin_token);
     Some(TestApp {
         addr,
         client,
@@ -191,6 +180,31 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> O
         _dir: dir,
         pg_database,
     })
+}
+
+/// A client (with connections of its own) that sends `token` as a bearer token with every
+/// request and follows no redirects.
+pub fn bearer_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}")
+            .parse()
+            .expect("token is a header value"),
+    );
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
+/// A loopback port nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// Logs in at `addr` and returns the access token; panics unless the answer is 200.
