@@ -236,6 +236,27 @@ impl QueryPairs {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The state filter `state`, read by `parse`; a value it does not know is reported in
+    /// `errors` (`invalid_state`) with the `allowed` names.
+    pub fn state_filter<T>(
+        &self,
+        parse: impl FnOnce(&str) -> Option<T>,
+        allowed: &str,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<T> {
+        let raw = self.get("state")?;
+        let parsed = parse(raw);
+        if parsed.is_none() {
+            errors.push(FieldError::new(
+                InputLocation::Query,
+                "/state",
+                "invalid_state",
+                format!("must be one of {allowed}"),
+            ));
+        }
+        parsed
+    }
+
     /// The free-text filter `name`, or `None` when absent or empty. A value over `max_chars`
     /// characters or holding control characters is reported in `errors`: stored text never
     /// holds them, and PostgreSQL rejects NUL outright, so such a filter is a client error

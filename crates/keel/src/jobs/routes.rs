@@ -12,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::Admin,
-    error::{ApiError, FieldError, InputLocation, Problem},
+    error::{ApiError, Problem},
     http::{
         extract::{QueryPairs, UuidParam},
         pagination::{self, PageRequest},
@@ -71,18 +71,11 @@ async fn list_jobs(
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
     let page = PageRequest::from_query(&query, &mut errors);
-    let job_state = query.get("state").and_then(|raw| {
-        let parsed = JobState::parse(raw);
-        if parsed.is_none() {
-            errors.push(FieldError::new(
-                InputLocation::Query,
-                "/state",
-                "invalid_state",
-                "must be one of queued, running, succeeded, dead",
-            ));
-        }
-        parsed
-    });
+    let job_state = query.state_filter(
+        JobState::parse,
+        "queued, running, succeeded, dead",
+        &mut errors,
+    );
     let kind = query
         .text_filter("kind", MAX_KIND_CHARS, &mut errors)
         .map(str::to_owned);

@@ -459,18 +459,11 @@ async fn list_deliveries(
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
     let page = PageRequest::from_query(&query, &mut errors);
-    let delivery_state = query.get("state").and_then(|raw| {
-        let parsed = DeliveryState::parse(raw);
-        if parsed.is_none() {
-            errors.push(FieldError::new(
-                InputLocation::Query,
-                "/state",
-                "invalid_state",
-                "must be one of pending, succeeded, failed",
-            ));
-        }
-        parsed
-    });
+    let delivery_state = query.state_filter(
+        DeliveryState::parse,
+        "pending, succeeded, failed",
+        &mut errors,
+    );
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
