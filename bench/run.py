@@ -167,6 +167,8 @@ class Server:
     db: str | None = "pg"            # pg | sqlite | None
     only: set[str] | None = None     # restricts the workloads it runs
     quick: bool = True               # part of --quick
+    env: dict[str, str] | None = None  # extra environment (keel's logging variants)
+    stdout_file: bool = False        # keep stdout in a file instead of discarding it
 
     def runs(self, w: Workload) -> bool:
         if self.only is not None and w.name not in self.only:
@@ -177,6 +179,12 @@ class Server:
 SERVERS: list[Server] = [
     Server("keel-pg", "keel"),
     Server("keel-sqlite", "keel", db="sqlite", only={"create", "memory"}),
+    # What logging costs: keel-pg writes its default text line per request (to /dev/null);
+    # these write JSON lines to a file on disk, and nothing at all.
+    Server("keel-pg-logjson", "keel", only={"json", "create", "read"}, quick=False,
+           env={"LOG_FORMAT": "json"}, stdout_file=True),
+    Server("keel-pg-logoff", "keel", only={"json", "create", "read"}, quick=False,
+           env={"RUST_LOG": "off"}),
     Server("express-w1", "express", quick=False),
     Server("express-w2", "express", workers=2, quick=False),
     Server("fastify-w1", "fastify"),
@@ -575,6 +583,7 @@ def server_command(srv: Server, ctx: Context, port: int, db: Database) -> tuple[
                     "KEEL_ACCESS_TOKEN_TTL_SECS": "86400",
                     "KEEL_RATE_LIMIT_PER_MINUTE": "1000000000",
                     "KEEL_AUTH_RATE_LIMIT_PER_MINUTE": "0", "KEEL_LOGIN_FAILURE_LIMIT": "0"})
+        env.update(srv.env or {})
         return [Tools.keel, "serve"], env, ROOT
     if srv.family == "nginx":
         conf_dir = ctx.tmp / f"nginx-{port}"
@@ -613,10 +622,15 @@ def start(srv: Server, ctx: Context, db: Database, tag: str) -> tuple[subprocess
     port = free_port()
     cmd, env, cwd = server_command(srv, ctx, port, db)
     logf = open(ctx.logs / f"{srv.name}-{tag}.log", "ab")
-    # stdout (keel's per-request log lines, access logs) is discarded; stderr is kept.
+    # stdout (keel's per-request log lines, access logs) is discarded unless the server
+    # measures writing it to a file; stderr is kept.
+    out = open(ctx.tmp / f"{srv.name}-{tag}.stdout", "ab") if srv.stdout_file else None
     proc = subprocess.Popen([*SERVER_CPU, *cmd], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=logf, start_new_session=True)
+                            stdout=out or subprocess.DEVNULL, stderr=logf,
+                            start_new_session=True)
     logf.close()
+    if out:
+        out.close()
     LIVE.append(proc)
     return proc, port
 

@@ -94,6 +94,11 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "019a8f4e-6b1a-7c3e-9d2f-5a4b3c2d1e0f")]
     pub request_id: Option<String>,
+    /// The W3C trace id of the request, when traces are exported: the trace to open in the
+    /// tracing backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "4bf92f3577b34da6a3ce929d0e0e4736")]
+    pub trace_id: Option<String>,
 }
 
 impl Problem {
@@ -107,6 +112,7 @@ impl Problem {
             errors: Vec::new(),
             instance: None,
             request_id: None,
+            trace_id: None,
         }
     }
 
@@ -119,6 +125,7 @@ impl Problem {
             errors: Vec::new(),
             instance: None,
             request_id: None,
+            trace_id: None,
         }
     }
 

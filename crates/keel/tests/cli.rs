@@ -391,16 +391,18 @@ async fn json_logs_describe_each_request() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let field = |name: &str| {
-        line.get(name)
-            .or_else(|| line["span"].get(name))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    assert_eq!(field("status"), 200, "{line}");
-    assert_eq!(field("route"), "/users", "{line}");
-    assert_eq!(field("request_id"), request_id, "{line}");
-    assert_eq!(field("method"), "GET", "{line}");
+    // The documented schema: every key at the top level.
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["http.route"], "/users", "{line}");
+    assert_eq!(line["request_id"], request_id, "{line}");
+    assert_eq!(line["http.request.method"], "GET", "{line}");
+    assert_eq!(line["span"], "request", "{line}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(line["timestamp"].as_str().unwrap_or_default())
+            .is_ok(),
+        "{line}"
+    );
     assert!(
         !app.stderr().contains("request finished"),
         "logs go to stdout only"

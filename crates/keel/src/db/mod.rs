@@ -8,6 +8,7 @@
 
 pub mod batch;
 mod postgres;
+mod span;
 
 use std::{fmt::Display, str::FromStr, time::Duration};
 
@@ -24,6 +25,7 @@ use sqlx::{
     },
 };
 use tokio_postgres::{error::SqlState, types::ToSql};
+use tracing::Instrument;
 
 pub use postgres::Postgres;
 
@@ -249,12 +251,28 @@ impl Db {
 
     /// Runs `sql` and returns how many rows it changed.
     pub async fn execute(&self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
+        let run = async {
+            match self {
+                Self::Sqlite(pool) => Ok(sqlx::query_with(sql, sqlite_args(params)?)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()),
+                Self::Postgres { pg, .. } => pg.execute(sql, &pg_params(params)).await,
+            }
+        };
+        run.instrument(self.span(sql)).await
+    }
+
+    /// The span of `sql` on this database.
+    fn span(&self, sql: &str) -> tracing::Span {
+        span::query(self.system(), sql)
+    }
+
+    /// The OpenTelemetry name of the backend.
+    fn system(&self) -> &'static str {
         match self {
-            Self::Sqlite(pool) => Ok(sqlx::query_with(sql, sqlite_args(params)?)
-                .execute(pool)
-                .await?
-                .rows_affected()),
-            Self::Postgres { pg, .. } => pg.execute(sql, &pg_params(params)).await,
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres { .. } => "postgresql",
         }
     }
 
@@ -264,20 +282,23 @@ impl Db {
         sql: &str,
         params: &[&dyn Param],
     ) -> Result<Vec<T>, DbError> {
-        match self {
-            Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(T::from_row)
-                .collect(),
-            Self::Postgres { pg, .. } => pg
-                .query(sql, &pg_params(params))
-                .await?
-                .iter()
-                .map(T::from_row)
-                .collect(),
-        }
+        let run = async {
+            match self {
+                Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(T::from_row)
+                    .collect(),
+                Self::Postgres { pg, .. } => pg
+                    .query(sql, &pg_params(params))
+                    .await?
+                    .iter()
+                    .map(T::from_row)
+                    .collect(),
+            }
+        };
+        run.instrument(self.span(sql)).await
     }
 
     /// Runs `sql` and reads its first row, if any.
@@ -286,20 +307,23 @@ impl Db {
         sql: &str,
         params: &[&dyn Param],
     ) -> Result<Option<T>, DbError> {
-        match self {
-            Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
-                .fetch_optional(pool)
-                .await?
-                .as_ref()
-                .map(T::from_row)
-                .transpose(),
-            Self::Postgres { pg, .. } => pg
-                .query(sql, &pg_params(params))
-                .await?
-                .first()
-                .map(T::from_row)
-                .transpose(),
-        }
+        let run = async {
+            match self {
+                Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
+                    .fetch_optional(pool)
+                    .await?
+                    .as_ref()
+                    .map(T::from_row)
+                    .transpose(),
+                Self::Postgres { pg, .. } => pg
+                    .query(sql, &pg_params(params))
+                    .await?
+                    .first()
+                    .map(T::from_row)
+                    .transpose(),
+            }
+        };
+        run.instrument(self.span(sql)).await
     }
 
     /// Runs `sql` and reads its one row; a statement that returns none is an error.
@@ -353,6 +377,11 @@ impl std::fmt::Debug for Tx {
 impl Tx {
     /// Runs `sql` and returns how many rows it changed.
     pub async fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
+        let span = self.span(sql);
+        self.execute_inner(sql, params).instrument(span).await
+    }
+
+    async fn execute_inner(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
         match &mut self.0 {
             TxInner::Sqlite(tx) => {
                 let tx = tx.as_mut().ok_or(DbError::TxDone)?;
@@ -371,6 +400,26 @@ impl Tx {
 
     /// Runs `sql` and reads every row it returns.
     pub async fn fetch_all<T: FromRow>(
+        &mut self,
+        sql: &str,
+        params: &[&dyn Param],
+    ) -> Result<Vec<T>, DbError> {
+        let span = self.span(sql);
+        self.fetch_all_inner(sql, params).instrument(span).await
+    }
+
+    /// The span of `sql` in this transaction.
+    fn span(&self, sql: &str) -> tracing::Span {
+        span::query(
+            match self.0 {
+                TxInner::Sqlite(_) => "sqlite",
+                TxInner::Postgres(_) => "postgresql",
+            },
+            sql,
+        )
+    }
+
+    async fn fetch_all_inner<T: FromRow>(
         &mut self,
         sql: &str,
         params: &[&dyn Param],

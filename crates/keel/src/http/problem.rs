@@ -3,7 +3,8 @@
 //! keel's own errors arrive as an empty response carrying a [`Problem`] extension
 //! (see [`crate::error::ApiError`]); errors produced by the framework or by tower layers
 //! (unknown route, wrong method, timeout, body limit) arrive as a bare status. Both leave
-//! here as a problem document with the request id.
+//! here as a problem document with the request id (and the trace id, when traces are
+//! exported).
 
 use std::{
     future::Future,
@@ -118,6 +119,7 @@ fn render(mut response: Response, request_id: &str, instance: &str) -> Response 
         .unwrap_or_else(|| default_problem(status));
     problem.instance = Some(instance.to_owned());
     problem.request_id = Some(request_id.to_owned());
+    problem.trace_id = crate::telemetry::otel::active_trace_id();
     let bytes = match serde_json::to_vec(&problem) {
         Ok(bytes) => bytes,
         Err(_) => return status.into_response(),

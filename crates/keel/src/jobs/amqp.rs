@@ -13,6 +13,10 @@
 //! prefetch = concurrency) claims the job in the table before running it, so a duplicate
 //! or stale message claims nothing. A lost connection is reopened with a backoff; jobs
 //! held meanwhile go back through the table.
+//!
+//! A message carries the trace context of its job in a `traceparent` header: the relay's
+//! `publish` span continues the trace of the request that enqueued the job, and the
+//! worker's `job` span continues the publish span.
 
 use std::{sync::Arc, time::Duration};
 
@@ -32,7 +36,14 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::Semaphore, task::JoinSet};
 use uuid::Uuid;
 
-use crate::{config::Config, db::Db, server::Shutdown};
+use tracing::{Instrument, Span};
+
+use crate::{
+    config::Config,
+    db::Db,
+    server::Shutdown,
+    telemetry::otel::{self, TRACEPARENT},
+};
 
 use super::{
     Jobs,
@@ -117,17 +128,32 @@ async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
 }
 
 /// Publishes `body` to `queue` persistently and waits for the broker's confirm.
-async fn publish(channel: &Channel, queue: &str, body: &Message) -> anyhow::Result<()> {
-    let confirm = send(channel, queue, body).await?;
+async fn publish(
+    channel: &Channel,
+    queue: &str,
+    body: &Message,
+    traceparent: Option<&str>,
+) -> anyhow::Result<()> {
+    let confirm = send(channel, queue, body, traceparent).await?;
     confirmed(confirm.await?)
 }
 
-async fn send(channel: &Channel, queue: &str, body: &Message) -> anyhow::Result<PublisherConfirm> {
+async fn send(
+    channel: &Channel,
+    queue: &str,
+    body: &Message,
+    traceparent: Option<&str>,
+) -> anyhow::Result<PublisherConfirm> {
     let payload = serde_json::to_vec(body)?;
-    let properties = BasicProperties::default()
+    let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(body.id.to_string().into());
+    if let Some(traceparent) = traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert(TRACEPARENT.into(), string(traceparent));
+        properties = properties.with_headers(headers);
+    }
     Ok(channel
         .basic_publish(
             "".into(),
@@ -158,6 +184,7 @@ async fn publish_retry(
     names: &Names,
     job: &Message,
     delay: Duration,
+    traceparent: Option<&str>,
 ) -> anyhow::Result<()> {
     let (queue, ms) = names.retry(delay);
     let mut args = FieldTable::default();
@@ -173,7 +200,7 @@ async fn publish_retry(
     channel
         .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
         .await?;
-    publish(channel, &queue, job).await
+    publish(channel, &queue, job, traceparent).await
 }
 
 /// Runs jobs from RabbitMQ until `shutdown` begins, reconnecting as needed.
@@ -340,6 +367,11 @@ async fn handle(executor: &Executor, publisher: &Channel, names: &Names, deliver
             return;
         }
     };
+    let mut claimed = claimed;
+    // The message's context (the relay's publish span) over the one stored with the job.
+    if let Some(traceparent) = header_str(&delivery, TRACEPARENT) {
+        claimed.traceparent = Some(traceparent);
+    }
     let outcome = executor.attempt(&claimed).await;
     let store = &executor.store;
     let lease = claimed.lease;
@@ -354,11 +386,13 @@ async fn handle(executor: &Executor, publisher: &Channel, names: &Names, deliver
                     id: claimed.context.id,
                     attempts: claimed.context.attempt,
                 };
-                match publish_retry(publisher, names, &retry, *delay).await {
+                let traceparent = claimed.traceparent.as_deref();
+                match publish_retry(publisher, names, &retry, *delay, traceparent).await {
                     Ok(()) => {
                         let job = Unpublished {
                             id: retry.id,
                             attempts: retry.attempts,
+                            traceparent: None,
                         };
                         if let Err(error) = store.mark_published(None, &[job]).await {
                             tracing::warn!(id = %retry.id, %error, "cannot mark a retry published; it may run twice");
@@ -377,7 +411,8 @@ async fn handle(executor: &Executor, publisher: &Channel, names: &Names, deliver
                 id: claimed.context.id,
                 attempts: claimed.context.attempt,
             };
-            if let Err(error) = publish(publisher, &names.dead, &copy).await {
+            let traceparent = claimed.traceparent.as_deref();
+            if let Err(error) = publish(publisher, &names.dead, &copy, traceparent).await {
                 tracing::warn!(id = %copy.id, error = format!("{error:#}"), "cannot copy a dead job to the dead-letter queue");
             }
             buried
@@ -386,6 +421,16 @@ async fn handle(executor: &Executor, publisher: &Channel, names: &Names, deliver
     };
     executor.done(&claimed, recorded);
     ack(&delivery).await;
+}
+
+/// A string header of `delivery`.
+fn header_str(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(value) => Some(value.to_string()),
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
 }
 
 async fn ack(delivery: &Delivery) {
@@ -431,7 +476,10 @@ async fn relay_round(jobs: &Jobs, channel: &Channel, queue: &str) -> anyhow::Res
             id: job.id,
             attempts: job.attempts,
         };
-        confirms.push(send(channel, queue, &message).await?);
+        let span = publish_span(queue, job);
+        let traceparent = span.in_scope(otel::current_traceparent);
+        let sent = send(channel, queue, &message, traceparent.as_deref());
+        confirms.push(sent.instrument(span).await?);
     }
     let all = async {
         for confirm in confirms {
@@ -448,6 +496,24 @@ async fn relay_round(jobs: &Jobs, channel: &Channel, queue: &str) -> anyhow::Res
     }
     tracing::debug!(jobs = due.len(), "jobs published");
     Ok(due.len())
+}
+
+/// The producer span of publishing `job`, in the trace of the request that enqueued it.
+fn publish_span(queue: &str, job: &Unpublished) -> Span {
+    if !otel::enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "publish",
+        "otel.kind" = "producer",
+        "otel.name" = format!("send {queue}"),
+        "messaging.system" = "rabbitmq",
+        "messaging.operation.type" = "send",
+        "messaging.destination.name" = queue,
+        "messaging.message.id" = %job.id,
+    );
+    otel::set_parent_from_traceparent(&span, job.traceparent.as_deref());
+    span
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use uuid::Uuid;
 use crate::{
     db::{Db, DbError, FromRow, Param, Row, Tx},
     http::pagination::Cursor,
+    telemetry::otel,
 };
 
 use super::{Job, JobContext, JobError, JobState, NewJob};
@@ -50,9 +51,11 @@ pub struct Claimed {
     pub max_attempts: i32,
     /// The lease: every later change of the job names it.
     pub lease: Uuid,
+    /// The trace context of the span that enqueued it (W3C `traceparent`).
+    pub traceparent: Option<String>,
 }
 
-struct ClaimedRow(JobContext, i32);
+struct ClaimedRow(JobContext, i32, Option<String>);
 
 impl FromRow for ClaimedRow {
     fn from_row(row: &impl Row) -> Result<Self, DbError> {
@@ -68,6 +71,7 @@ impl FromRow for ClaimedRow {
                 max_attempts,
             },
             max_attempts,
+            row.get("traceparent")?,
         ))
     }
 }
@@ -101,13 +105,15 @@ pub struct QueueStats {
     pub dead: i64,
 }
 
-/// A job due for the relay: its id and the attempts it has had.
-#[derive(Debug, Clone, Copy)]
+/// A job due for the relay: its id, the attempts it has had and its trace context.
+#[derive(Debug, Clone)]
 pub struct Unpublished {
     /// The job.
     pub id: Uuid,
     /// Its attempts so far, which the message carries so that a stale copy is ignored.
     pub attempts: i32,
+    /// The trace context of the span that enqueued it, which the message carries too.
+    pub traceparent: Option<String>,
 }
 
 impl FromRow for Unpublished {
@@ -115,6 +121,7 @@ impl FromRow for Unpublished {
         Ok(Self {
             id: row.get("id")?,
             attempts: row.get("attempts")?,
+            traceparent: row.get("traceparent")?,
         })
     }
 }
@@ -154,11 +161,12 @@ impl JobStore {
             .and_then(|delay| now.checked_add_signed(delay))
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let payload = serde_json::to_string(&job.payload)?;
+        let traceparent = otel::current_traceparent();
         let inserted: Option<(Uuid,)> = tx
             .fetch_optional(
                 "INSERT INTO jobs (id, kind, payload, state, attempts, max_attempts, run_at, \
-                 idempotency_key, created_at, updated_at) \
-                 VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7) \
+                 idempotency_key, created_at, updated_at, traceparent) \
+                 VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7, $8) \
                  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
                 &[
                     &id,
@@ -168,6 +176,7 @@ impl JobStore {
                     &run_at,
                     &job.idempotency_key,
                     &now,
+                    &traceparent,
                 ],
             )
             .await?;
@@ -199,7 +208,7 @@ impl JobStore {
              lease_until = $2, updated_at = $3 \
              WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3 \
              ORDER BY run_at LIMIT 1{lock}) \
-             RETURNING id, kind, payload, attempts, max_attempts"
+             RETURNING id, kind, payload, attempts, max_attempts, traceparent"
         );
         self.claim(&sql, &[], lease_for).await
     }
@@ -215,7 +224,7 @@ impl JobStore {
         let sql = "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
              lease_until = $2, updated_at = $3 \
              WHERE id = $4 AND state = 'queued' AND attempts = $5 \
-             RETURNING id, kind, payload, attempts, max_attempts";
+             RETURNING id, kind, payload, attempts, max_attempts, traceparent";
         self.claim(sql, &[&id, &attempts], lease_for).await
     }
 
@@ -231,11 +240,14 @@ impl JobStore {
         let mut params: Vec<&dyn Param> = vec![&lease, &until, &now];
         params.extend_from_slice(extra);
         let row: Option<ClaimedRow> = self.db.fetch_optional(sql, &params).await?;
-        Ok(row.map(|ClaimedRow(context, max_attempts)| Claimed {
-            context,
-            max_attempts,
-            lease,
-        }))
+        Ok(
+            row.map(|ClaimedRow(context, max_attempts, traceparent)| Claimed {
+                context,
+                max_attempts,
+                lease,
+                traceparent,
+            }),
+        )
     }
 
     /// Extends `lease` by `lease_for`; `false` when the lease is no longer the job's.
@@ -355,7 +367,7 @@ impl JobStore {
             ""
         };
         let sql = format!(
-            "SELECT id, attempts FROM jobs WHERE state = 'queued' AND published_at IS NULL \
+            "SELECT id, attempts, traceparent FROM jobs WHERE state = 'queued' AND published_at IS NULL \
              AND run_at <= $1 ORDER BY run_at LIMIT $2{lock}"
         );
         match tx {

@@ -12,10 +12,13 @@ use std::{
     time::Duration,
 };
 
+use opentelemetry::trace::Status;
 use tokio::{sync::Semaphore, task::JoinSet};
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use crate::{config::Config, server::Shutdown};
+use crate::{config::Config, server::Shutdown, telemetry::otel};
 
 use super::{Backend, Handlers, Jobs, store::Claimed, store::JobStore};
 
@@ -100,6 +103,28 @@ pub(super) enum Outcome {
     Lost,
 }
 
+/// The span of one attempt: a consumer span in the trace of the request that enqueued the
+/// job (its stored or sent `traceparent`).
+fn job_span(claimed: &Claimed) -> Span {
+    let job = &claimed.context;
+    let span = tracing::info_span!(
+        "job",
+        id = %job.id,
+        kind = %job.kind,
+        attempt = job.attempt,
+        "otel.kind" = tracing::field::Empty,
+        "otel.name" = tracing::field::Empty,
+    );
+    if otel::enabled() {
+        span.record("otel.kind", "consumer");
+        span.record("otel.name", format!("process {}", job.kind));
+        span.set_attribute("messaging.operation.type", "process");
+        span.set_attribute("messaging.message.id", job.id.to_string());
+        otel::set_parent_from_traceparent(&span, claimed.traceparent.as_deref());
+    }
+    span
+}
+
 /// Runs attempts: handler, heartbeat, timeout; shared by both queues.
 #[derive(Clone)]
 pub(super) struct Executor {
@@ -128,14 +153,16 @@ impl Executor {
     pub(super) async fn attempt(&self, claimed: &Claimed) -> Outcome {
         let job = &claimed.context;
         self.leases().insert(claimed.lease);
-        let span =
-            tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempt);
+        let span = job_span(claimed);
         let Some(handler) = self.handlers.get(&job.kind) else {
-            return self.failed(claimed, format!("no handler for job kind {:?}", job.kind));
+            return span.in_scope(|| {
+                self.failed(claimed, format!("no handler for job kind {:?}", job.kind))
+            });
         };
         tracing::debug!(parent: &span, "job started");
-        // Its own task, so that a panic is a failed attempt and not a dead worker.
-        let mut run = tokio::spawn(handler(job.clone()));
+        // Its own task, so that a panic is a failed attempt and not a dead worker; inside
+        // the job's span, so that the handler's own spans and lines belong to the job.
+        let mut run = tokio::spawn(handler(job.clone()).instrument(span.clone()));
         let heartbeat = async {
             let every = self.settings.lease / 3;
             loop {
@@ -161,9 +188,10 @@ impl Executor {
                 return Outcome::Lost;
             }
         };
+        let _entered = span.enter();
         match result {
             Ok(Ok(Ok(()))) => {
-                tracing::info!(parent: &span, "job succeeded");
+                tracing::info!("job succeeded");
                 Outcome::Succeeded
             }
             Ok(Ok(Err(error))) => self.failed(claimed, format!("{error:#}")),
@@ -178,7 +206,11 @@ impl Executor {
         }
     }
 
+    /// The outcome of a failed attempt; called inside the job's span, which it marks failed.
     fn failed(&self, claimed: &Claimed, mut error: String) -> Outcome {
+        if otel::enabled() {
+            Span::current().set_status(Status::error(error.clone()));
+        }
         if let Some((cut, _)) = error.char_indices().nth(MAX_ERROR_CHARS) {
             error.truncate(cut);
         }

@@ -14,6 +14,7 @@ use lettre::{
     message::{Mailbox, MultiPart},
 };
 use secrecy::ExposeSecret;
+use tracing::Instrument;
 
 use crate::config::Config;
 
@@ -108,6 +109,11 @@ impl Mailer {
         match &self.transport {
             Transport::Smtp(smtp) => {
                 smtp.send(message)
+                    .instrument(tracing::info_span!(
+                        "smtp",
+                        "otel.kind" = "client",
+                        "otel.name" = "smtp send",
+                    ))
                     .await
                     .context("the SMTP server did not take the message")?;
             }

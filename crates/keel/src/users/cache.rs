@@ -15,6 +15,7 @@ use std::{sync::Arc, time::Duration};
 
 use moka::{ops::compute::Op, sync::Cache};
 use redis::Script;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{events::EventHub, redis_conn::Redis};
@@ -226,6 +227,7 @@ impl RedisCache {
                     .query_async(&mut connection)
                     .await
             })
+            .instrument(Redis::span("HMGET"))
             .await;
         match found {
             Ok((Some(i64::MAX), _)) => Lookup::Deleted,
@@ -256,6 +258,7 @@ impl RedisCache {
         let stored: Result<i64, String> = self
             .redis
             .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .instrument(Redis::span("EVALSHA"))
             .await;
         if let Err(error) = stored {
             // The entry may now be stale until its TTL; say so where an operator looks.

@@ -11,12 +11,15 @@ use anyhow::{Context, anyhow};
 use http::header;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde::Deserialize;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::{
     config::Config,
     db::Db,
     jobs::{Handlers, JobContext},
+    telemetry::otel,
 };
 
 use super::{
@@ -161,18 +164,27 @@ impl Deliverer {
         let timestamp = chrono::Utc::now().timestamp();
         let signature = signing::sign(&sending.secret, &message_id, timestamp, &sending.body)
             .ok_or("the webhook's secret is not a whsec_ secret")?;
+        let span = client_span(&url);
+        // The receiver can continue the trace: the `traceparent` of this client span.
+        let mut trace = http::HeaderMap::new();
+        span.in_scope(|| otel::inject_headers(&mut trace));
         let mut response = self
             .client
             .post(url)
+            .headers(trace)
             .header(header::CONTENT_TYPE, "application/json")
             .header("webhook-id", message_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .body(sending.body.clone())
             .send()
+            .instrument(span.clone())
             .await
             .map_err(|error| describe(&error))?;
         let status = response.status();
+        if otel::enabled() {
+            span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+        }
         let mut kept = Vec::new();
         // The answer's body is only logged: an error reading it does not change the outcome.
         while kept.len() < RESPONSE_KEPT {
@@ -184,6 +196,22 @@ impl Deliverer {
         kept.truncate(RESPONSE_KEPT);
         Ok((status, String::from_utf8_lossy(&kept).into_owned()))
     }
+}
+
+/// The HTTP client span of a delivery to `url` (host and port only: a webhook URL's path
+/// and query may hold the receiver's secrets).
+fn client_span(url: &reqwest::Url) -> Span {
+    if !otel::enabled() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        "webhook",
+        "otel.kind" = "client",
+        "otel.name" = "POST",
+        "http.request.method" = "POST",
+        "server.address" = url.host_str().unwrap_or_default(),
+        "server.port" = url.port_or_known_default().map(i64::from),
+    )
 }
 
 fn failed_or_pending(last: bool) -> DeliveryState {
