@@ -395,3 +395,104 @@ async fn without_an_endpoint_nothing_is_traced_and_no_trace_ids_appear() {
     .await;
     assert!(lines.iter().all(|l| l.get("trace_id").is_none()));
 }
+
+#[tokio::test]
+async fn a_webhook_delivery_sends_the_traceparent_of_its_span() {
+    let (receiver, endpoint) = Receiver::start().await;
+    // The webhook endpoint: records the traceparent of each delivery.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let hook =
+        Router::new()
+            .route(
+                "/hook",
+                post(
+                    |State(seen): State<Arc<Mutex<Vec<String>>>>,
+                     headers: axum::http::HeaderMap| async move {
+                        if let Some(value) =
+                            headers.get("traceparent").and_then(|v| v.to_str().ok())
+                        {
+                            seen.lock().unwrap().push(value.to_owned());
+                        }
+                        "ok"
+                    },
+                ),
+            )
+            .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("hook port");
+    let hook_url = format!(
+        "http://{}/hook",
+        listener.local_addr().expect("hook address")
+    );
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let admin = ("hooks-admin@example.com", "hooks admin password 0123");
+    let mut keel = Keel::start(
+        dir.path(),
+        &endpoint,
+        &[
+            ("KEEL_BOOTSTRAP_ADMIN_EMAIL", admin.0.to_owned()),
+            ("KEEL_BOOTSTRAP_ADMIN_PASSWORD", admin.1.to_owned()),
+        ],
+    );
+    keel.ready().await;
+    let client = reqwest::Client::new();
+    let login: Value = client
+        .post(keel.url("/auth/login"))
+        .json(&json!({ "email": admin.0, "password": admin.1 }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("tokens");
+    let token = login["access_token"].as_str().expect("access token");
+    let response = client
+        .post(keel.url("/webhooks"))
+        .bearer_auth(token)
+        .json(&json!({ "url": hook_url, "event_types": ["user.created"] }))
+        .send()
+        .await
+        .expect("webhook registration");
+    assert_eq!(response.status(), 201);
+    let response = client
+        .post(keel.url("/auth/register"))
+        .json(&json!({
+            "email": "hooked@example.com",
+            "name": "Hooked",
+            "password": "a long enough password",
+        }))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(response.status(), 201);
+
+    let traceparent = eventually(20, "a delivery with a traceparent", || {
+        let first = seen.lock().unwrap().first().cloned();
+        async move { first }
+    })
+    .await;
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    let (trace, span) = (parts[1].to_owned(), parts[2].to_owned());
+    // The header names the delivery's client span, inside the delivery job's span.
+    let spans = eventually(20, "the delivery's spans", || {
+        let spans = receiver.spans(&trace);
+        let found = spans.iter().any(|s| s.span_id == span);
+        async move { found.then_some(spans) }
+    })
+    .await;
+    let client_span = spans
+        .iter()
+        .find(|s| s.span_id == span)
+        .expect("client span");
+    assert_eq!(client_span.kind, SpanKind::Client);
+    assert_eq!(client_span.attributes["http.response.status_code"], "200");
+    let job = spans
+        .iter()
+        .find(|s| s.span_id == client_span.parent)
+        .expect("the delivery job's span");
+    assert_eq!(job.name, "process webhook.deliver");
+}
