@@ -30,6 +30,7 @@ use crate::{
     jobs::{self, Handlers, Jobs},
     ratelimit::RateLimits,
     redis_conn::Redis,
+    telemetry,
     users::{self, cache::UserCache, store::UserStore},
     webhooks,
 };
@@ -106,6 +107,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(users::router())
         .merge(audit::router())
+        .merge(telemetry::routes::router())
         .merge(health::router())
         .merge(compute::router())
         .merge(jobs::router())

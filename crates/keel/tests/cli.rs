@@ -409,6 +409,86 @@ async fn json_logs_describe_each_request() {
     );
 }
 
+#[tokio::test]
+async fn an_admin_changes_the_log_filter_while_keel_runs() {
+    let dir = TempDir::new().unwrap();
+    let app = serve(dir.path(), &[("LOG_FORMAT", "json"), ("RUST_LOG", "info")]).await;
+    let lines_with = |request_id: &str| {
+        app.stdout()
+            .lines()
+            .filter(|line| line.contains(request_id) && line.contains("request finished"))
+            .count()
+    };
+    let get = |request_id: &'static str| {
+        app.client
+            .get(app.url("/livez"))
+            .header("x-request-id", request_id)
+            .send()
+    };
+
+    let response = app
+        .client
+        .get(app.url("/admin/log-filter"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["filter"], "info");
+    get("before-the-change").await.unwrap();
+
+    // Not a filter: 422 naming the field, and the filter in force stays.
+    let response = app
+        .client
+        .put(app.url("/admin/log-filter"))
+        .json(&json!({"filter": "keel=loud"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        common::validation_errors(response).await,
+        common::expected(&[("body", "/filter", "invalid_filter")])
+    );
+
+    let response = app
+        .client
+        .put(app.url("/admin/log-filter"))
+        .json(&json!({"filter": "warn,keel::jobs=debug"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["filter"],
+        "warn,keel::jobs=debug"
+    );
+    get("after-the-change").await.unwrap();
+
+    // Anonymous and plain users may not.
+    let response = reqwest::Client::new()
+        .put(app.url("/admin/log-filter"))
+        .json(&json!({"filter": "trace"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lines_with("before-the-change") == 0 {
+        assert!(Instant::now() < deadline, "no line for the first request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The change itself is logged at WARN, which the new filter lets through.
+    while !app.stdout().contains("log filter changed") {
+        assert!(
+            Instant::now() < deadline,
+            "the change is not logged:\n{}",
+            app.stdout()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines_with("after-the-change"), 0, "INFO lines stopped");
+}
+
 /// `keel admin create` with the password piped in.
 fn admin_create(dir: &Path, email: &str, password: &str) -> Output {
     use std::io::Write;

@@ -1,7 +1,7 @@
 //! Logs and traces.
 //!
-//! Logging: `RUST_LOG` filters by module (`LOG_FORMAT=json` gives [one JSON object a
-//! line](json)). Lines are formatted on the thread that logs them and written to stdout by a
+//! Logging: `RUST_LOG` filters by module, and an admin can change the filter while the
+//! process runs ([`routes`]); `LOG_FORMAT=json` gives [one JSON object a line](json). Lines are formatted on the thread that logs them and written to stdout by a
 //! background thread, so a request never waits on the terminal, a pipe or a disk, and lines
 //! that pile up while it writes go out together in one write. Colours are used only on a
 //! terminal.
@@ -10,9 +10,11 @@
 //! OpenTelemetry collector when the standard `OTEL_*` variables name one ([`otel`]); their
 //! ids then appear in every log line and problem document.
 
+pub mod filter;
 mod json;
 pub mod otel;
 mod request;
+pub mod routes;
 
 use std::io::{BufWriter, IsTerminal};
 
@@ -77,12 +79,12 @@ pub fn init(format: LogFormat) -> LogGuard {
             .fmt_fields(JsonFields::new())
             .event_format(json::JsonLines)
             .with_writer(writer)
-            .with_filter(filter)
+            .with_filter(filter::layer(filter))
             .boxed(),
         LogFormat::Text => fmt::layer()
             .with_ansi(ansi)
             .with_writer(writer)
-            .with_filter(filter)
+            .with_filter(filter::layer(filter))
             .boxed(),
     };
     let (tracer, spans) = match otel::provider_from_env() {
