@@ -466,7 +466,9 @@ async fn a_failing_job_backs_off_then_dies_and_can_be_retried(backend: Backend, 
         .expect("sent");
     assert_eq!(response.status(), 202);
     let retried: Value = response.json().await.expect("JSON");
-    assert_eq!(retried["attempts"], 0);
+    // Fresh attempts: a worker may already have run (and failed) the first of them by the
+    // time the answer was read back, but no more.
+    assert!(retried["attempts"].as_i64() <= Some(1), "{retried}");
     assert!(retried["state"] == "queued" || retried["state"] == "running");
     // It runs again (and, the server still refusing, fails again).
     eventually(10, "the retried job to run", || async {
