@@ -13,6 +13,7 @@ use std::{
 use anyhow::Context;
 use axum::{Router, middleware, serve::ListenerExt};
 use tokio::{net::TcpListener, sync::Notify};
+use tower::ServiceExt;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -28,6 +29,7 @@ use crate::{
     http::{self, listener::StoppableListener, static_files::StaticFiles},
     idempotency,
     jobs::{self, Handlers, Jobs},
+    metrics::{Metrics, MetricsListener, NestedRoute},
     ratelimit::RateLimits,
     redis_conn::Redis,
     users::{self, cache::UserCache, store::UserStore},
@@ -69,6 +71,8 @@ pub struct AppState {
     pub events: EventHub,
     /// Tickets that open event streams.
     pub events_tickets: Tickets,
+    /// The metrics, when `KEEL_METRICS_ADDR` is set.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Tells whether shutdown has begun, and wakes whoever waits for it.
@@ -149,11 +153,20 @@ pub fn app(state: AppState, static_files: StaticFiles) -> (Router, utoipa::opena
     let router = api
         .with_state(state.clone())
         .merge(docs::router(&document))
-        .nest_service("/static", static_files)
+        .nest_service(
+            "/static",
+            static_files.map_response(|response| NestedRoute("/static/{*path}").mark(response)),
+        )
         .fallback(|| async { ::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { ::http::StatusCode::METHOD_NOT_ALLOWED });
     (
-        http::apply(router, &state.config, &state.rate_limits, &state.shutdown),
+        http::apply(
+            router,
+            &state.config,
+            &state.rate_limits,
+            &state.shutdown,
+            state.metrics.as_ref(),
+        ),
         document,
     )
 }
@@ -165,6 +178,8 @@ pub struct Server {
     state: AppState,
     /// The handlers the in-process workers run; `None` when they are off.
     handlers: Option<Handlers>,
+    /// Where `/metrics` is served, when it is.
+    metrics_listener: Option<MetricsListener>,
 }
 
 impl Server {
@@ -173,12 +188,20 @@ impl Server {
         config.validate()?;
         // Keys first: a production start without them touches nothing.
         let keys = KeyRing::load(&config)?;
-        let db = Db::connect(&config).await?;
+        let metrics = config.metrics_addr.map(|_| Arc::new(Metrics::new()));
+        let mut db = Db::connect(&config).await?;
+        if let Some(metrics) = &metrics {
+            db = db.with_query_timer(metrics.query_timer());
+        }
         db.migrate().await?;
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(MetricsListener::bind(addr).await?),
+            None => None,
+        };
         let compute = Arc::new(CpuPool::new(
             config.compute_threads(),
             config.compute_queue,
@@ -190,7 +213,8 @@ impl Server {
             .map(|url| Redis::connect(url, &config.redis_key_prefix))
             .transpose()
             .context("REDIS_URL cannot be used")?;
-        let users = UserStore::new(db.clone()).with_cache(user_cache(&config, redis.as_ref()));
+        let users = UserStore::new(db.clone())
+            .with_cache(user_cache(&config, redis.as_ref()).with_metrics(metrics.clone()));
         let audit = AuditLog::new(db.clone());
         bootstrap_admin(&config, &users, &auth.passwords, &audit).await?;
         let handlers = if config.jobs_in_server {
@@ -198,7 +222,7 @@ impl Server {
         } else {
             None
         };
-        let jobs = Jobs::new(&config, db.clone());
+        let jobs = Jobs::new(&config, db.clone()).with_metrics(metrics.clone());
         let state = AppState {
             jobs,
             events: EventHub::new(db.clone(), config.events_buffer),
@@ -206,7 +230,10 @@ impl Server {
             users,
             auth,
             audit,
-            rate_limits: RateLimits::from_config(&config)?.shared_through(redis),
+            rate_limits: RateLimits::from_config(&config)?
+                .shared_through(redis)
+                .with_metrics(metrics.clone()),
+            metrics,
             db,
             compute,
             config: Arc::new(config),
@@ -220,12 +247,20 @@ impl Server {
             router,
             state,
             handlers,
+            metrics_listener,
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address `/metrics` is served on, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Which database backend is in use.
@@ -246,7 +281,12 @@ impl Server {
             router,
             state,
             handlers,
+            metrics_listener,
         } = self;
+        // Served until the API has stopped, so that the drain can be watched.
+        let metrics_server = metrics_listener
+            .zip(state.metrics.clone())
+            .map(|(listener, metrics)| listener.serve(metrics, state.db.clone()));
         let purge = tokio::spawn(purge_expired(state.clone()));
         let poll = Duration::from_millis(state.config.events_poll_ms);
         let hub = tokio::spawn(state.events.clone().run(poll, state.shutdown.clone()));
@@ -294,6 +334,12 @@ impl Server {
             result = server => result.context("server failed")?,
             () = async { shutdown.started().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("in-flight requests did not finish within the shutdown timeout");
+            }
+        }
+        if let Some((stop, task)) = metrics_server {
+            drop(stop);
+            if let Err(error) = task.await {
+                tracing::warn!(%error, "the metrics listener failed");
             }
         }
         purge.abort();

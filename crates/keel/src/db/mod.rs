@@ -27,7 +27,7 @@ use tokio_postgres::{error::SqlState, types::ToSql};
 
 pub use postgres::Postgres;
 
-use crate::config::Config;
+use crate::{config::Config, metrics::QueryTimer};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -35,15 +35,30 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// A database on one of the supported backends.
 #[derive(Debug, Clone)]
 pub enum Db {
-    /// The embedded default.
-    Sqlite(SqlitePool),
+    /// The embedded default, and what times its statements.
+    Sqlite(SqlitePool, QueryTimer),
     /// PostgreSQL, for production and several instances.
     Postgres {
         /// The connections.
         pg: Postgres,
         /// Where it is, for the migrator (which runs on a connection of its own).
         url: secrecy::SecretString,
+        /// What times its statements.
+        timer: QueryTimer,
     },
+}
+
+/// How many connections a pool holds, read for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open, lent out or idle.
+    pub open: usize,
+    /// Open connections waiting in the pool.
+    pub idle: usize,
+    /// Connections the pool opens at most.
+    pub max: usize,
+    /// Tasks waiting for a connection (0 when the pool does not say).
+    pub waiting: usize,
 }
 
 /// A failed statement, on either backend.
@@ -168,6 +183,7 @@ impl Db {
             Some(url) if url.expose_secret().starts_with("postgres") => Ok(Self::Postgres {
                 pg: Postgres::connect(url.expose_secret(), config.database_max_connections).await?,
                 url: url.clone(),
+                timer: QueryTimer::default(),
             }),
             Some(url) => {
                 let options = SqliteConnectOptions::from_str(url.expose_secret())
@@ -198,13 +214,40 @@ impl Db {
             .connect_with(options)
             .await
             .context("cannot open the SQLite database")?;
-        Ok(Self::Sqlite(pool))
+        Ok(Self::Sqlite(pool, QueryTimer::default()))
+    }
+
+    /// The same database, its statements timed by `timer`.
+    pub fn with_query_timer(self, timer: QueryTimer) -> Self {
+        match self {
+            Self::Sqlite(pool, _) => Self::Sqlite(pool, timer),
+            Self::Postgres { pg, url, .. } => Self::Postgres { pg, url, timer },
+        }
+    }
+
+    fn timer(&self) -> &QueryTimer {
+        match self {
+            Self::Sqlite(_, timer) | Self::Postgres { timer, .. } => timer,
+        }
+    }
+
+    /// The pool's connections right now.
+    pub fn pool_status(&self) -> PoolStatus {
+        match self {
+            Self::Sqlite(pool, _) => PoolStatus {
+                open: usize::try_from(pool.size()).unwrap_or(usize::MAX),
+                idle: pool.num_idle(),
+                max: usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX),
+                waiting: 0,
+            },
+            Self::Postgres { pg, .. } => pg.pool_status(),
+        }
     }
 
     /// The backend's name, for logs and readiness.
     pub fn backend(&self) -> &'static str {
         match self {
-            Self::Sqlite(_) => "sqlite",
+            Self::Sqlite(..) => "sqlite",
             Self::Postgres { .. } => "postgres",
         }
     }
@@ -212,7 +255,7 @@ impl Db {
     /// Applies every pending migration.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
-            Self::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+            Self::Sqlite(pool, _) => SQLITE_MIGRATIONS.run(pool).await,
             Self::Postgres { url, .. } => {
                 let mut conn = PgConnection::connect(url.expose_secret())
                     .await
@@ -234,7 +277,7 @@ impl Db {
     /// Whether every migration this build knows of has been applied.
     pub async fn is_migrated(&self) -> Result<bool, DbError> {
         let migrator = match self {
-            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Self::Sqlite(..) => &SQLITE_MIGRATIONS,
             Self::Postgres { .. } => &POSTGRES_MIGRATIONS,
         };
         let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
@@ -249,13 +292,17 @@ impl Db {
 
     /// Runs `sql` and returns how many rows it changed.
     pub async fn execute(&self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
-        match self {
-            Self::Sqlite(pool) => Ok(sqlx::query_with(sql, sqlite_args(params)?)
-                .execute(pool)
-                .await?
-                .rows_affected()),
-            Self::Postgres { pg, .. } => pg.execute(sql, &pg_params(params)).await,
-        }
+        self.timer()
+            .time(async {
+                match self {
+                    Self::Sqlite(pool, _) => Ok(sqlx::query_with(sql, sqlite_args(params)?)
+                        .execute(pool)
+                        .await?
+                        .rows_affected()),
+                    Self::Postgres { pg, .. } => pg.execute(sql, &pg_params(params)).await,
+                }
+            })
+            .await
     }
 
     /// Runs `sql` and reads every row it returns.
@@ -264,20 +311,24 @@ impl Db {
         sql: &str,
         params: &[&dyn Param],
     ) -> Result<Vec<T>, DbError> {
-        match self {
-            Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(T::from_row)
-                .collect(),
-            Self::Postgres { pg, .. } => pg
-                .query(sql, &pg_params(params))
-                .await?
-                .iter()
-                .map(T::from_row)
-                .collect(),
-        }
+        self.timer()
+            .time(async {
+                match self {
+                    Self::Sqlite(pool, _) => sqlx::query_with(sql, sqlite_args(params)?)
+                        .fetch_all(pool)
+                        .await?
+                        .iter()
+                        .map(T::from_row)
+                        .collect(),
+                    Self::Postgres { pg, .. } => pg
+                        .query(sql, &pg_params(params))
+                        .await?
+                        .iter()
+                        .map(T::from_row)
+                        .collect(),
+                }
+            })
+            .await
     }
 
     /// Runs `sql` and reads its first row, if any.
@@ -286,20 +337,24 @@ impl Db {
         sql: &str,
         params: &[&dyn Param],
     ) -> Result<Option<T>, DbError> {
-        match self {
-            Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
-                .fetch_optional(pool)
-                .await?
-                .as_ref()
-                .map(T::from_row)
-                .transpose(),
-            Self::Postgres { pg, .. } => pg
-                .query(sql, &pg_params(params))
-                .await?
-                .first()
-                .map(T::from_row)
-                .transpose(),
-        }
+        self.timer()
+            .time(async {
+                match self {
+                    Self::Sqlite(pool, _) => sqlx::query_with(sql, sqlite_args(params)?)
+                        .fetch_optional(pool)
+                        .await?
+                        .as_ref()
+                        .map(T::from_row)
+                        .transpose(),
+                    Self::Postgres { pg, .. } => pg
+                        .query(sql, &pg_params(params))
+                        .await?
+                        .first()
+                        .map(T::from_row)
+                        .transpose(),
+                }
+            })
+            .await
     }
 
     /// Runs `sql` and reads its one row; a statement that returns none is an error.
@@ -317,23 +372,32 @@ impl Db {
     /// all. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so that it never
     /// fails half-way for another writer.
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        Ok(Tx(match self {
-            Self::Sqlite(pool) => TxInner::Sqlite(Some(pool.begin_with("BEGIN IMMEDIATE").await?)),
-            Self::Postgres { pg, .. } => TxInner::Postgres(Some(pg.begin().await?)),
-        }))
+        let timer = self.timer();
+        let inner = timer
+            .time(async {
+                Ok::<_, DbError>(match self {
+                    Self::Sqlite(pool, _) => {
+                        TxInner::Sqlite(Some(pool.begin_with("BEGIN IMMEDIATE").await?))
+                    }
+                    Self::Postgres { pg, .. } => TxInner::Postgres(Some(pg.begin().await?)),
+                })
+            })
+            .await?;
+        Ok(Tx(inner, timer.clone()))
     }
 
     /// Closes every connection, waiting for checked-out SQLite ones to come back.
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool) => pool.close().await,
+            Self::Sqlite(pool, _) => pool.close().await,
             Self::Postgres { pg, .. } => pg.close(),
         }
     }
 }
 
-/// A transaction of [`Db::begin`]. Dropped without [`Tx::commit`], it rolls back.
-pub struct Tx(TxInner);
+/// A transaction of [`Db::begin`], and what times its statements. Dropped without
+/// [`Tx::commit`], it rolls back.
+pub struct Tx(TxInner, QueryTimer);
 
 /// Each side is `None` once the transaction is over.
 enum TxInner {
@@ -353,20 +417,25 @@ impl std::fmt::Debug for Tx {
 impl Tx {
     /// Runs `sql` and returns how many rows it changed.
     pub async fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => {
-                let tx = tx.as_mut().ok_or(DbError::TxDone)?;
-                Ok(sqlx::query_with(sql, sqlite_args(params)?)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected())
-            }
-            TxInner::Postgres(client) => {
-                let client = client.as_ref().ok_or(DbError::TxDone)?;
-                let statement = client.prepare_cached(sql).await?;
-                Ok(client.execute(&statement, &pg_params(params)).await?)
-            }
-        }
+        let Self(inner, timer) = self;
+        timer
+            .time(async {
+                match inner {
+                    TxInner::Sqlite(tx) => {
+                        let tx = tx.as_mut().ok_or(DbError::TxDone)?;
+                        Ok(sqlx::query_with(sql, sqlite_args(params)?)
+                            .execute(&mut **tx)
+                            .await?
+                            .rows_affected())
+                    }
+                    TxInner::Postgres(client) => {
+                        let client = client.as_ref().ok_or(DbError::TxDone)?;
+                        let statement = client.prepare_cached(sql).await?;
+                        Ok(client.execute(&statement, &pg_params(params)).await?)
+                    }
+                }
+            })
+            .await
     }
 
     /// Runs `sql` and reads every row it returns.
@@ -375,27 +444,32 @@ impl Tx {
         sql: &str,
         params: &[&dyn Param],
     ) -> Result<Vec<T>, DbError> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => {
-                let tx = tx.as_mut().ok_or(DbError::TxDone)?;
-                sqlx::query_with(sql, sqlite_args(params)?)
-                    .fetch_all(&mut **tx)
-                    .await?
-                    .iter()
-                    .map(T::from_row)
-                    .collect()
-            }
-            TxInner::Postgres(client) => {
-                let client = client.as_ref().ok_or(DbError::TxDone)?;
-                let statement = client.prepare_cached(sql).await?;
-                client
-                    .query(&statement, &pg_params(params))
-                    .await?
-                    .iter()
-                    .map(T::from_row)
-                    .collect()
-            }
-        }
+        let Self(inner, timer) = self;
+        timer
+            .time(async {
+                match inner {
+                    TxInner::Sqlite(tx) => {
+                        let tx = tx.as_mut().ok_or(DbError::TxDone)?;
+                        sqlx::query_with(sql, sqlite_args(params)?)
+                            .fetch_all(&mut **tx)
+                            .await?
+                            .iter()
+                            .map(T::from_row)
+                            .collect()
+                    }
+                    TxInner::Postgres(client) => {
+                        let client = client.as_ref().ok_or(DbError::TxDone)?;
+                        let statement = client.prepare_cached(sql).await?;
+                        client
+                            .query(&statement, &pg_params(params))
+                            .await?
+                            .iter()
+                            .map(T::from_row)
+                            .collect()
+                    }
+                }
+            })
+            .await
     }
 
     /// Runs `sql` and reads its first row, if any.
@@ -409,18 +483,23 @@ impl Tx {
 
     /// Makes every statement of the transaction durable, together.
     pub async fn commit(mut self) -> Result<(), DbError> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => Ok(tx.take().ok_or(DbError::TxDone)?.commit().await?),
-            TxInner::Postgres(client) => {
-                let client = client.take().ok_or(DbError::TxDone)?;
-                if let Err(error) = client.batch_execute("COMMIT").await {
-                    // The connection's state is unknown: never lend it again.
-                    drop(deadpool_postgres::Object::take(client));
-                    return Err(error.into());
+        let Self(inner, timer) = &mut self;
+        timer
+            .time(async {
+                match inner {
+                    TxInner::Sqlite(tx) => Ok(tx.take().ok_or(DbError::TxDone)?.commit().await?),
+                    TxInner::Postgres(client) => {
+                        let client = client.take().ok_or(DbError::TxDone)?;
+                        if let Err(error) = client.batch_execute("COMMIT").await {
+                            // The connection's state is unknown: never lend it again.
+                            drop(deadpool_postgres::Object::take(client));
+                            return Err(error.into());
+                        }
+                        Ok(())
+                    }
                 }
-                Ok(())
-            }
-        }
+            })
+            .await
     }
 }
 
