@@ -1,7 +1,7 @@
 //! The command line: `keel [serve]`, `keel worker`, `keel migrate`, `keel openapi`,
 //! `keel admin create`.
 
-use std::{io::BufRead, io::IsTerminal, path::PathBuf};
+use std::{io::BufRead, io::IsTerminal, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     db::Db,
     jobs::{Jobs, worker},
+    metrics::{MetricsListener, QueryTimer},
     server::{self, Shutdown},
     telemetry,
     users::store::UserStore,
@@ -124,6 +125,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!(
         address = %format!("http://{}", server.local_addr()?),
+        metrics = %server
+            .metrics_addr()
+            .map_or_else(|| "off".to_owned(), |addr| format!("http://{addr}/metrics")),
         database = server.database_backend(),
         "keel listening"
     );
@@ -131,11 +135,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn worker(config: Config) -> anyhow::Result<()> {
-    let db = Db::connect(&config).await?;
+    // A worker's metrics are its jobs', its pool's and its statements'.
+    let metrics_listener = MetricsListener::bind(&config).await?;
+    let metrics = metrics_listener
+        .as_ref()
+        .map(|listener| Arc::clone(listener.metrics()));
+    let db = Db::connect(&config)
+        .await?
+        .with_query_timer(QueryTimer::of(metrics.as_deref()));
     db.migrate().await?;
+    let metrics_server = metrics_listener.map(|listener| listener.serve(db.clone()));
     let users = UserStore::new(db.clone());
     let handlers = server::job_handlers(&config, &users, &db)?;
-    let jobs = Jobs::new(&config, db.clone());
+    let jobs = Jobs::new(&config, db.clone()).with_metrics(metrics);
     let shutdown = Shutdown::default();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -150,6 +162,9 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         "keel worker started"
     );
     worker::run(jobs, handlers, &config, shutdown).await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.stop().await;
+    }
     db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -29,7 +29,7 @@ use crate::{
     http::{self, listener::StoppableListener, static_files::StaticFiles},
     idempotency,
     jobs::{self, Handlers, Jobs},
-    metrics::{Metrics, MetricsListener, NestedRoute},
+    metrics::{Metrics, MetricsListener, NestedRoute, QueryTimer},
     ratelimit::RateLimits,
     redis_conn::Redis,
     users::{self, cache::UserCache, store::UserStore},
@@ -188,20 +188,18 @@ impl Server {
         config.validate()?;
         // Keys first: a production start without them touches nothing.
         let keys = KeyRing::load(&config)?;
-        let metrics = config.metrics_addr.map(|_| Arc::new(Metrics::new()));
-        let mut db = Db::connect(&config).await?;
-        if let Some(metrics) = &metrics {
-            db = db.with_query_timer(metrics.query_timer());
-        }
+        let metrics_listener = MetricsListener::bind(&config).await?;
+        let metrics = metrics_listener
+            .as_ref()
+            .map(|listener| Arc::clone(listener.metrics()));
+        let db = Db::connect(&config)
+            .await?
+            .with_query_timer(QueryTimer::of(metrics.as_deref()));
         db.migrate().await?;
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let metrics_listener = match config.metrics_addr {
-            Some(addr) => Some(MetricsListener::bind(addr).await?),
-            None => None,
-        };
         let compute = Arc::new(CpuPool::new(
             config.compute_threads(),
             config.compute_queue,
@@ -284,9 +282,7 @@ impl Server {
             metrics_listener,
         } = self;
         // Served until the API has stopped, so that the drain can be watched.
-        let metrics_server = metrics_listener
-            .zip(state.metrics.clone())
-            .map(|(listener, metrics)| listener.serve(metrics, state.db.clone()));
+        let metrics_server = metrics_listener.map(|listener| listener.serve(state.db.clone()));
         let purge = tokio::spawn(purge_expired(state.clone()));
         let poll = Duration::from_millis(state.config.events_poll_ms);
         let hub = tokio::spawn(state.events.clone().run(poll, state.shutdown.clone()));
@@ -336,11 +332,8 @@ impl Server {
                 tracing::warn!("in-flight requests did not finish within the shutdown timeout");
             }
         }
-        if let Some((stop, task)) = metrics_server {
-            drop(stop);
-            if let Err(error) = task.await {
-                tracing::warn!(%error, "the metrics listener failed");
-            }
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.stop().await;
         }
         purge.abort();
         hub.abort();

@@ -20,7 +20,7 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::{db::Db, jobs::store::JobStore};
+use crate::{config::Config, db::Db, jobs::store::JobStore};
 
 pub use http::{MetricsLayer, NestedRoute};
 
@@ -243,11 +243,6 @@ impl Metrics {
         }
     }
 
-    /// The statement timer to give the database.
-    pub fn query_timer(&self) -> QueryTimer {
-        QueryTimer(Some(self.queries.clone()))
-    }
-
     /// Counts one attempt of a job of `kind` (one that has a handler) that ended with
     /// `outcome`.
     pub fn job_finished(&self, kind: &str, outcome: JobOutcome) {
@@ -403,6 +398,11 @@ impl Drop for OpenStream {
 pub struct QueryTimer(Option<Histogram>);
 
 impl QueryTimer {
+    /// A timer into `metrics`, or one that times nothing.
+    pub fn of(metrics: Option<&Metrics>) -> Self {
+        Self(metrics.map(|metrics| metrics.queries.clone()))
+    }
+
     /// Runs `statement`, timing it when metrics are on.
     pub async fn time<F: Future>(&self, statement: F) -> F::Output {
         let Some(histogram) = &self.0 else {
@@ -431,38 +431,52 @@ async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
     )
 }
 
-/// The metrics listener: bound at start-up, serving `GET /metrics` (and nothing else) once
-/// running.
+/// The metrics listener and the metrics it serves: bound at start-up, serving
+/// `GET /metrics` (and nothing else) once running.
 #[derive(Debug)]
-pub struct MetricsListener(TcpListener);
+pub struct MetricsListener {
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+}
 
 impl MetricsListener {
-    /// Listens on `addr`.
-    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
-        TcpListener::bind(addr)
+    /// Fresh metrics and their listener on `KEEL_METRICS_ADDR`; `None` when it is unset.
+    pub async fn bind(config: &Config) -> anyhow::Result<Option<Self>> {
+        let Some(addr) = config.metrics_addr else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(addr)
             .await
-            .map(Self)
-            .with_context(|| format!("cannot listen for metrics on {addr} (KEEL_METRICS_ADDR)"))
+            .with_context(|| format!("cannot listen for metrics on {addr} (KEEL_METRICS_ADDR)"))?;
+        Ok(Some(Self {
+            listener,
+            metrics: Arc::new(Metrics::new()),
+        }))
+    }
+
+    /// The metrics served.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 
-    /// Serves `metrics` (with the pool and queue of `db`) until the returned sender is
-    /// used or dropped; the task ends once the last scrape has been answered.
-    pub fn serve(
-        self,
-        metrics: Arc<Metrics>,
-        db: Db,
-    ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    /// Serves the metrics, with the pool and job queue of `db` read at each scrape, until
+    /// [`MetricsServer::stop`].
+    pub fn serve(self, db: Db) -> MetricsServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let jobs = JobStore::new(db.clone());
         let router = Router::new()
             .route("/metrics", get(scrape))
-            .with_state(Scrape { metrics, db, jobs });
-        let listener = self.0;
+            .with_state(Scrape {
+                metrics: self.metrics,
+                db,
+                jobs,
+            });
+        let listener = self.listener;
         let task = tokio::spawn(async move {
             let stopped = async {
                 let _ = stopped.await;
@@ -474,6 +488,23 @@ impl MetricsListener {
                 tracing::warn!(%error, "the metrics listener failed");
             }
         });
-        (stop, task)
+        MetricsServer { stop, task }
+    }
+}
+
+/// A running metrics listener.
+#[derive(Debug)]
+pub struct MetricsServer {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Closes the listener and returns once the scrapes in progress are answered.
+    pub async fn stop(self) {
+        drop(self.stop);
+        if let Err(error) = self.task.await {
+            tracing::warn!(%error, "the metrics listener failed");
+        }
     }
 }
