@@ -15,7 +15,6 @@ use crate::{
     config::Config,
     db::Db,
     jobs::{Jobs, worker},
-    metrics::{MetricsListener, QueryTimer},
     server::{self, Shutdown},
     telemetry,
     users::store::UserStore,
@@ -136,14 +135,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn worker(config: Config) -> anyhow::Result<()> {
     // A worker's metrics are its jobs', its pool's and its statements'.
-    let metrics_listener = MetricsListener::bind(&config).await?;
+    let (db, metrics_listener) = server::database_and_metrics(&config).await?;
     let metrics = metrics_listener
         .as_ref()
         .map(|listener| Arc::clone(listener.metrics()));
-    let db = Db::connect(&config)
-        .await?
-        .with_query_timer(QueryTimer::of(metrics.as_deref()));
-    db.migrate().await?;
     let metrics_server = metrics_listener.map(|listener| listener.serve(db.clone()));
     let users = UserStore::new(db.clone());
     let handlers = server::job_handlers(&config, &users, &db)?;

@@ -134,6 +134,18 @@ pub fn job_handlers(config: &Config, users: &UserStore, db: &Db) -> anyhow::Resu
     Ok(handlers)
 }
 
+/// The migrated database and, when `config` asks for metrics, their bound listener; the
+/// database's statements are timed into those metrics.
+pub async fn database_and_metrics(
+    config: &Config,
+) -> anyhow::Result<(Db, Option<MetricsListener>)> {
+    let metrics_listener = MetricsListener::bind(config).await?;
+    let timer = QueryTimer::of(metrics_listener.as_ref().map(|l| l.metrics().as_ref()));
+    let db = Db::connect(config).await?.with_query_timer(timer);
+    db.migrate().await?;
+    Ok((db, metrics_listener))
+}
+
 /// The OpenAPI document, as `/openapi.json` serves it.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let (_, mut document) = api().split_for_parts();
@@ -188,14 +200,10 @@ impl Server {
         config.validate()?;
         // Keys first: a production start without them touches nothing.
         let keys = KeyRing::load(&config)?;
-        let metrics_listener = MetricsListener::bind(&config).await?;
+        let (db, metrics_listener) = database_and_metrics(&config).await?;
         let metrics = metrics_listener
             .as_ref()
             .map(|listener| Arc::clone(listener.metrics()));
-        let db = Db::connect(&config)
-            .await?
-            .with_query_timer(QueryTimer::of(metrics.as_deref()));
-        db.migrate().await?;
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
