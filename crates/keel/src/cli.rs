@@ -1,7 +1,7 @@
 //! The command line: `keel [serve]`, `keel worker`, `keel migrate`, `keel openapi`,
 //! `keel admin create`.
 
-use std::{io::BufRead, io::IsTerminal, path::PathBuf};
+use std::{io::BufRead, io::IsTerminal, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -124,6 +124,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!(
         address = %format!("http://{}", server.local_addr()?),
+        metrics = %server
+            .metrics_addr()
+            .map_or_else(|| "off".to_owned(), |addr| format!("http://{addr}/metrics")),
         database = server.database_backend(),
         "keel listening"
     );
@@ -131,11 +134,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn worker(config: Config) -> anyhow::Result<()> {
-    let db = Db::connect(&config).await?;
-    db.migrate().await?;
+    // A worker's metrics are its jobs', its pool's and its statements'.
+    let (db, metrics_listener) = server::database_and_metrics(&config).await?;
+    let metrics = metrics_listener
+        .as_ref()
+        .map(|listener| Arc::clone(listener.metrics()));
+    let metrics_server = metrics_listener.map(|listener| listener.serve(db.clone()));
     let users = UserStore::new(db.clone());
     let handlers = server::job_handlers(&config, &users, &db)?;
-    let jobs = Jobs::new(&config, db.clone());
+    let jobs = Jobs::new(&config, db.clone()).with_metrics(metrics);
     let shutdown = Shutdown::default();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -150,6 +157,9 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         "keel worker started"
     );
     worker::run(jobs, handlers, &config, shutdown).await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.stop().await;
+    }
     db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -3,7 +3,11 @@
 //! Conventional names (`HOST`, `PORT`, `DATABASE_URL`, `LOG_FORMAT`) are read as they are;
 //! every setting can also be given as `KEEL_<NAME>` (for example `KEEL_BODY_LIMIT`).
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use figment::{
     Figment,
@@ -56,6 +60,9 @@ pub struct Config {
     pub host: IpAddr,
     /// Port to listen on (0 picks a free one).
     pub port: u16,
+    /// Address of a second listener that serves Prometheus metrics at `/metrics` (and
+    /// nothing else), such as `127.0.0.1:9464`; unset, no metrics are served or kept.
+    pub metrics_addr: Option<SocketAddr>,
     /// `sqlite://...` or `postgres://...`; defaults to a SQLite file under `data_dir`.
     #[serde(skip_serializing)]
     pub database_url: Option<SecretString>,
@@ -199,6 +206,7 @@ impl Default for Config {
         Self {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 3000,
+            metrics_addr: None,
             database_url: None,
             data_dir: PathBuf::from("data"),
             static_dir: PathBuf::from("static"),
@@ -326,6 +334,15 @@ impl Config {
         }
         if self.login_failure_limit > 0 && self.login_failure_window_secs == 0 {
             return bad("KEEL_LOGIN_FAILURE_WINDOW_SECS", "must be at least 1");
+        }
+        if self
+            .metrics_addr
+            .is_some_and(|addr| self.port != 0 && addr == SocketAddr::new(self.host, self.port))
+        {
+            return bad(
+                "KEEL_METRICS_ADDR",
+                "must differ from HOST:PORT (the API's listener)",
+            );
         }
         self.validate_jobs()?;
         self.validate_events()?;
@@ -625,6 +642,21 @@ mod tests {
         ] {
             assert!(!is_placeholder(secret), "{secret:?}");
         }
+    }
+
+    #[test]
+    fn the_metrics_listener_cannot_be_the_api_s() {
+        let config = Config {
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("KEEL_METRICS_ADDR"), "{error}");
+        let config = Config {
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Features live in their own folders (`users`, `auth`, `audit`, `ratelimit`, `compute`, `health`,
 //! `docs`, `idempotency`, `jobs`), each with
 //! its routes, domain types and storage; shared plumbing is in `config`, `error`, `http`,
-//! `db`, `mail` and `telemetry`. `server` puts them together.
+//! `db`, `mail`, `metrics` and `telemetry`. `server` puts them together.
 
 pub mod audit;
 pub mod auth;
@@ -19,6 +19,7 @@ pub mod http;
 pub mod idempotency;
 pub mod jobs;
 pub mod mail;
+pub mod metrics;
 pub mod ratelimit;
 pub mod redis_conn;
 pub mod server;

@@ -13,6 +13,7 @@ use std::{
 use anyhow::Context;
 use axum::{Router, middleware, serve::ListenerExt};
 use tokio::{net::TcpListener, sync::Notify};
+use tower::ServiceExt;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -28,6 +29,7 @@ use crate::{
     http::{self, listener::StoppableListener, static_files::StaticFiles},
     idempotency,
     jobs::{self, Handlers, Jobs},
+    metrics::{Metrics, MetricsListener, NestedRoute, QueryTimer},
     ratelimit::RateLimits,
     redis_conn::Redis,
     telemetry,
@@ -70,6 +72,8 @@ pub struct AppState {
     pub events: EventHub,
     /// Tickets that open event streams.
     pub events_tickets: Tickets,
+    /// The metrics, when `KEEL_METRICS_ADDR` is set.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Tells whether shutdown has begun, and wakes whoever waits for it.
@@ -132,6 +136,18 @@ pub fn job_handlers(config: &Config, users: &UserStore, db: &Db) -> anyhow::Resu
     Ok(handlers)
 }
 
+/// The migrated database and, when `config` asks for metrics, their bound listener; the
+/// database's statements are timed into those metrics.
+pub async fn database_and_metrics(
+    config: &Config,
+) -> anyhow::Result<(Db, Option<MetricsListener>)> {
+    let metrics_listener = MetricsListener::bind(config).await?;
+    let timer = QueryTimer::of(metrics_listener.as_ref().map(|l| l.metrics().as_ref()));
+    let db = Db::connect(config).await?.with_query_timer(timer);
+    db.migrate().await?;
+    Ok((db, metrics_listener))
+}
+
 /// The OpenAPI document, as `/openapi.json` serves it.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let (_, mut document) = api().split_for_parts();
@@ -151,11 +167,20 @@ pub fn app(state: AppState, static_files: StaticFiles) -> (Router, utoipa::opena
     let router = api
         .with_state(state.clone())
         .merge(docs::router(&document))
-        .nest_service("/static", static_files)
+        .nest_service(
+            "/static",
+            static_files.map_response(|response| NestedRoute("/static/{*path}").mark(response)),
+        )
         .fallback(|| async { ::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { ::http::StatusCode::METHOD_NOT_ALLOWED });
     (
-        http::apply(router, &state.config, &state.rate_limits, &state.shutdown),
+        http::apply(
+            router,
+            &state.config,
+            &state.rate_limits,
+            &state.shutdown,
+            state.metrics.as_ref(),
+        ),
         document,
     )
 }
@@ -167,6 +192,8 @@ pub struct Server {
     state: AppState,
     /// The handlers the in-process workers run; `None` when they are off.
     handlers: Option<Handlers>,
+    /// Where `/metrics` is served, when it is.
+    metrics_listener: Option<MetricsListener>,
 }
 
 impl Server {
@@ -175,8 +202,10 @@ impl Server {
         config.validate()?;
         // Keys first: a production start without them touches nothing.
         let keys = KeyRing::load(&config)?;
-        let db = Db::connect(&config).await?;
-        db.migrate().await?;
+        let (db, metrics_listener) = database_and_metrics(&config).await?;
+        let metrics = metrics_listener
+            .as_ref()
+            .map(|listener| Arc::clone(listener.metrics()));
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -192,7 +221,8 @@ impl Server {
             .map(|url| Redis::connect(url, &config.redis_key_prefix))
             .transpose()
             .context("REDIS_URL cannot be used")?;
-        let users = UserStore::new(db.clone()).with_cache(user_cache(&config, redis.as_ref()));
+        let users = UserStore::new(db.clone())
+            .with_cache(user_cache(&config, redis.as_ref()).with_metrics(metrics.clone()));
         let audit = AuditLog::new(db.clone());
         bootstrap_admin(&config, &users, &auth.passwords, &audit).await?;
         let handlers = if config.jobs_in_server {
@@ -200,7 +230,7 @@ impl Server {
         } else {
             None
         };
-        let jobs = Jobs::new(&config, db.clone());
+        let jobs = Jobs::new(&config, db.clone()).with_metrics(metrics.clone());
         let state = AppState {
             jobs,
             events: EventHub::new(db.clone(), config.events_buffer),
@@ -208,7 +238,10 @@ impl Server {
             users,
             auth,
             audit,
-            rate_limits: RateLimits::from_config(&config)?.shared_through(redis),
+            rate_limits: RateLimits::from_config(&config)?
+                .shared_through(redis)
+                .with_metrics(metrics.clone()),
+            metrics,
             db,
             compute,
             config: Arc::new(config),
@@ -222,12 +255,20 @@ impl Server {
             router,
             state,
             handlers,
+            metrics_listener,
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address `/metrics` is served on, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Which database backend is in use.
@@ -248,7 +289,10 @@ impl Server {
             router,
             state,
             handlers,
+            metrics_listener,
         } = self;
+        // Served until the API has stopped, so that the drain can be watched.
+        let metrics_server = metrics_listener.map(|listener| listener.serve(state.db.clone()));
         let purge = tokio::spawn(purge_expired(state.clone()));
         let poll = Duration::from_millis(state.config.events_poll_ms);
         let hub = tokio::spawn(state.events.clone().run(poll, state.shutdown.clone()));
@@ -297,6 +341,9 @@ impl Server {
             () = async { shutdown.started().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("in-flight requests did not finish within the shutdown timeout");
             }
+        }
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.stop().await;
         }
         purge.abort();
         hub.abort();

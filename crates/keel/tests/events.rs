@@ -502,7 +502,13 @@ async fn postgres_a_slow_consumer_is_closed_and_resumes() {
 }
 
 async fn a_slow_consumer_is_closed_and_resumes(backend: Backend) {
-    let Some(app) = common::spawn_with(backend, |c| c.events_buffer = 8).await else {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let Some(app) = common::spawn_with(backend, |c| {
+        c.events_buffer = 8;
+        c.metrics_addr = Some(metrics);
+    })
+    .await
+    else {
         return;
     };
     let ticket = ticket(&app, &app.admin_token).await;
@@ -535,6 +541,19 @@ async fn a_slow_consumer_is_closed_and_resumes(backend: Backend) {
         received.len() < 600,
         "the burst did not overflow the buffer"
     );
+    // Counted as dropped, and no longer as open.
+    common::eventually(10, "the slow consumer counted", || async {
+        let text = reqwest::get(format!("http://{metrics}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (text.contains("keel_events_slow_consumers_dropped_total{transport=\"websocket\"} 1\n")
+            && text.contains("keel_events_connections{transport=\"websocket\"} 0\n"))
+        .then_some(())
+    })
+    .await;
     let resume: i64 = reason
         .strip_prefix("slow_consumer; resume after ")
         .expect("the reason names the resume point")

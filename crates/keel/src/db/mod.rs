@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 pub use postgres::Postgres;
 
-use crate::config::Config;
+use crate::{config::Config, metrics::QueryTimer};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -37,15 +37,30 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// A database on one of the supported backends.
 #[derive(Debug, Clone)]
 pub enum Db {
-    /// The embedded default.
-    Sqlite(SqlitePool),
+    /// The embedded default, and what times its statements.
+    Sqlite(SqlitePool, QueryTimer),
     /// PostgreSQL, for production and several instances.
     Postgres {
         /// The connections.
         pg: Postgres,
         /// Where it is, for the migrator (which runs on a connection of its own).
         url: secrecy::SecretString,
+        /// What times its statements.
+        timer: QueryTimer,
     },
+}
+
+/// How many connections a pool holds, read for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open, lent out or idle.
+    pub open: usize,
+    /// Open connections waiting in the pool.
+    pub idle: usize,
+    /// Connections the pool opens at most.
+    pub max: usize,
+    /// Tasks waiting for a connection (0 when the pool does not say).
+    pub waiting: usize,
 }
 
 /// A failed statement, on either backend.
@@ -170,6 +185,7 @@ impl Db {
             Some(url) if url.expose_secret().starts_with("postgres") => Ok(Self::Postgres {
                 pg: Postgres::connect(url.expose_secret(), config.database_max_connections).await?,
                 url: url.clone(),
+                timer: QueryTimer::default(),
             }),
             Some(url) => {
                 let options = SqliteConnectOptions::from_str(url.expose_secret())
@@ -200,13 +216,51 @@ impl Db {
             .connect_with(options)
             .await
             .context("cannot open the SQLite database")?;
-        Ok(Self::Sqlite(pool))
+        Ok(Self::Sqlite(pool, QueryTimer::default()))
+    }
+
+    /// The same database, its statements timed by `timer`.
+    pub fn with_query_timer(self, timer: QueryTimer) -> Self {
+        match self {
+            Self::Sqlite(pool, _) => Self::Sqlite(pool, timer),
+            Self::Postgres { pg, url, .. } => Self::Postgres { pg, url, timer },
+        }
+    }
+
+    /// The span of `sql` on this database.
+    fn span(&self, sql: &str) -> tracing::Span {
+        span::query(
+            match self {
+                Self::Sqlite(..) => "sqlite",
+                Self::Postgres { .. } => "postgresql",
+            },
+            sql,
+        )
+    }
+
+    fn timer(&self) -> &QueryTimer {
+        match self {
+            Self::Sqlite(_, timer) | Self::Postgres { timer, .. } => timer,
+        }
+    }
+
+    /// The pool's connections right now.
+    pub fn pool_status(&self) -> PoolStatus {
+        match self {
+            Self::Sqlite(pool, _) => PoolStatus {
+                open: usize::try_from(pool.size()).unwrap_or(usize::MAX),
+                idle: pool.num_idle(),
+                max: usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX),
+                waiting: 0,
+            },
+            Self::Postgres { pg, .. } => pg.pool_status(),
+        }
     }
 
     /// The backend's name, for logs and readiness.
     pub fn backend(&self) -> &'static str {
         match self {
-            Self::Sqlite(_) => "sqlite",
+            Self::Sqlite(..) => "sqlite",
             Self::Postgres { .. } => "postgres",
         }
     }
@@ -214,7 +268,7 @@ impl Db {
     /// Applies every pending migration.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
-            Self::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+            Self::Sqlite(pool, _) => SQLITE_MIGRATIONS.run(pool).await,
             Self::Postgres { url, .. } => {
                 let mut conn = PgConnection::connect(url.expose_secret())
                     .await
@@ -236,7 +290,7 @@ impl Db {
     /// Whether every migration this build knows of has been applied.
     pub async fn is_migrated(&self) -> Result<bool, DbError> {
         let migrator = match self {
-            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Self::Sqlite(..) => &SQLITE_MIGRATIONS,
             Self::Postgres { .. } => &POSTGRES_MIGRATIONS,
         };
         let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
@@ -251,29 +305,18 @@ impl Db {
 
     /// Runs `sql` and returns how many rows it changed.
     pub async fn execute(&self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
-        let run = async {
-            match self {
-                Self::Sqlite(pool) => Ok(sqlx::query_with(sql, sqlite_args(params)?)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()),
-                Self::Postgres { pg, .. } => pg.execute(sql, &pg_params(params)).await,
-            }
-        };
-        run.instrument(self.span(sql)).await
-    }
-
-    /// The span of `sql` on this database.
-    fn span(&self, sql: &str) -> tracing::Span {
-        span::query(self.system(), sql)
-    }
-
-    /// The OpenTelemetry name of the backend.
-    fn system(&self) -> &'static str {
-        match self {
-            Self::Sqlite(_) => "sqlite",
-            Self::Postgres { .. } => "postgresql",
-        }
+        self.timer()
+            .time(async {
+                match self {
+                    Self::Sqlite(pool, _) => Ok(sqlx::query_with(sql, sqlite_args(params)?)
+                        .execute(pool)
+                        .await?
+                        .rows_affected()),
+                    Self::Postgres { pg, .. } => pg.execute(sql, &pg_params(params)).await,
+                }
+            })
+            .instrument(self.span(sql))
+            .await
     }
 
     /// Runs `sql` and reads every row it returns.
@@ -282,23 +325,25 @@ impl Db {
         sql: &str,
         params: &[&dyn Param],
     ) -> Result<Vec<T>, DbError> {
-        let run = async {
-            match self {
-                Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(T::from_row)
-                    .collect(),
-                Self::Postgres { pg, .. } => pg
-                    .query(sql, &pg_params(params))
-                    .await?
-                    .iter()
-                    .map(T::from_row)
-                    .collect(),
-            }
-        };
-        run.instrument(self.span(sql)).await
+        self.timer()
+            .time(async {
+                match self {
+                    Self::Sqlite(pool, _) => sqlx::query_with(sql, sqlite_args(params)?)
+                        .fetch_all(pool)
+                        .await?
+                        .iter()
+                        .map(T::from_row)
+                        .collect(),
+                    Self::Postgres { pg, .. } => pg
+                        .query(sql, &pg_params(params))
+                        .await?
+                        .iter()
+                        .map(T::from_row)
+                        .collect(),
+                }
+            })
+            .instrument(self.span(sql))
+            .await
     }
 
     /// Runs `sql` and reads its first row, if any.
@@ -307,23 +352,25 @@ impl Db {
         sql: &str,
         params: &[&dyn Param],
     ) -> Result<Option<T>, DbError> {
-        let run = async {
-            match self {
-                Self::Sqlite(pool) => sqlx::query_with(sql, sqlite_args(params)?)
-                    .fetch_optional(pool)
-                    .await?
-                    .as_ref()
-                    .map(T::from_row)
-                    .transpose(),
-                Self::Postgres { pg, .. } => pg
-                    .query(sql, &pg_params(params))
-                    .await?
-                    .first()
-                    .map(T::from_row)
-                    .transpose(),
-            }
-        };
-        run.instrument(self.span(sql)).await
+        self.timer()
+            .time(async {
+                match self {
+                    Self::Sqlite(pool, _) => sqlx::query_with(sql, sqlite_args(params)?)
+                        .fetch_optional(pool)
+                        .await?
+                        .as_ref()
+                        .map(T::from_row)
+                        .transpose(),
+                    Self::Postgres { pg, .. } => pg
+                        .query(sql, &pg_params(params))
+                        .await?
+                        .first()
+                        .map(T::from_row)
+                        .transpose(),
+                }
+            })
+            .instrument(self.span(sql))
+            .await
     }
 
     /// Runs `sql` and reads its one row; a statement that returns none is an error.
@@ -341,23 +388,32 @@ impl Db {
     /// all. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so that it never
     /// fails half-way for another writer.
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        Ok(Tx(match self {
-            Self::Sqlite(pool) => TxInner::Sqlite(Some(pool.begin_with("BEGIN IMMEDIATE").await?)),
-            Self::Postgres { pg, .. } => TxInner::Postgres(Some(pg.begin().await?)),
-        }))
+        let timer = self.timer();
+        let inner = timer
+            .time(async {
+                Ok::<_, DbError>(match self {
+                    Self::Sqlite(pool, _) => {
+                        TxInner::Sqlite(Some(pool.begin_with("BEGIN IMMEDIATE").await?))
+                    }
+                    Self::Postgres { pg, .. } => TxInner::Postgres(Some(pg.begin().await?)),
+                })
+            })
+            .await?;
+        Ok(Tx(inner, timer.clone()))
     }
 
     /// Closes every connection, waiting for checked-out SQLite ones to come back.
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool) => pool.close().await,
+            Self::Sqlite(pool, _) => pool.close().await,
             Self::Postgres { pg, .. } => pg.close(),
         }
     }
 }
 
-/// A transaction of [`Db::begin`]. Dropped without [`Tx::commit`], it rolls back.
-pub struct Tx(TxInner);
+/// A transaction of [`Db::begin`], and what times its statements. Dropped without
+/// [`Tx::commit`], it rolls back.
+pub struct Tx(TxInner, QueryTimer);
 
 /// Each side is `None` once the transaction is over.
 enum TxInner {
@@ -377,25 +433,27 @@ impl std::fmt::Debug for Tx {
 impl Tx {
     /// Runs `sql` and returns how many rows it changed.
     pub async fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
-        let span = self.span(sql);
-        self.execute_inner(sql, params).instrument(span).await
-    }
-
-    async fn execute_inner(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => {
-                let tx = tx.as_mut().ok_or(DbError::TxDone)?;
-                Ok(sqlx::query_with(sql, sqlite_args(params)?)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected())
-            }
-            TxInner::Postgres(client) => {
-                let client = client.as_ref().ok_or(DbError::TxDone)?;
-                let statement = client.prepare_cached(sql).await?;
-                Ok(client.execute(&statement, &pg_params(params)).await?)
-            }
-        }
+        let span = span::query(inner_system(&self.0), sql);
+        let Self(inner, timer) = self;
+        timer
+            .time(async {
+                match inner {
+                    TxInner::Sqlite(tx) => {
+                        let tx = tx.as_mut().ok_or(DbError::TxDone)?;
+                        Ok(sqlx::query_with(sql, sqlite_args(params)?)
+                            .execute(&mut **tx)
+                            .await?
+                            .rows_affected())
+                    }
+                    TxInner::Postgres(client) => {
+                        let client = client.as_ref().ok_or(DbError::TxDone)?;
+                        let statement = client.prepare_cached(sql).await?;
+                        Ok(client.execute(&statement, &pg_params(params)).await?)
+                    }
+                }
+            })
+            .instrument(span)
+            .await
     }
 
     /// Runs `sql` and reads every row it returns.
@@ -404,47 +462,34 @@ impl Tx {
         sql: &str,
         params: &[&dyn Param],
     ) -> Result<Vec<T>, DbError> {
-        let span = self.span(sql);
-        self.fetch_all_inner(sql, params).instrument(span).await
-    }
-
-    /// The span of `sql` in this transaction.
-    fn span(&self, sql: &str) -> tracing::Span {
-        span::query(
-            match self.0 {
-                TxInner::Sqlite(_) => "sqlite",
-                TxInner::Postgres(_) => "postgresql",
-            },
-            sql,
-        )
-    }
-
-    async fn fetch_all_inner<T: FromRow>(
-        &mut self,
-        sql: &str,
-        params: &[&dyn Param],
-    ) -> Result<Vec<T>, DbError> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => {
-                let tx = tx.as_mut().ok_or(DbError::TxDone)?;
-                sqlx::query_with(sql, sqlite_args(params)?)
-                    .fetch_all(&mut **tx)
-                    .await?
-                    .iter()
-                    .map(T::from_row)
-                    .collect()
-            }
-            TxInner::Postgres(client) => {
-                let client = client.as_ref().ok_or(DbError::TxDone)?;
-                let statement = client.prepare_cached(sql).await?;
-                client
-                    .query(&statement, &pg_params(params))
-                    .await?
-                    .iter()
-                    .map(T::from_row)
-                    .collect()
-            }
-        }
+        let span = span::query(inner_system(&self.0), sql);
+        let Self(inner, timer) = self;
+        timer
+            .time(async {
+                match inner {
+                    TxInner::Sqlite(tx) => {
+                        let tx = tx.as_mut().ok_or(DbError::TxDone)?;
+                        sqlx::query_with(sql, sqlite_args(params)?)
+                            .fetch_all(&mut **tx)
+                            .await?
+                            .iter()
+                            .map(T::from_row)
+                            .collect()
+                    }
+                    TxInner::Postgres(client) => {
+                        let client = client.as_ref().ok_or(DbError::TxDone)?;
+                        let statement = client.prepare_cached(sql).await?;
+                        client
+                            .query(&statement, &pg_params(params))
+                            .await?
+                            .iter()
+                            .map(T::from_row)
+                            .collect()
+                    }
+                }
+            })
+            .instrument(span)
+            .await
     }
 
     /// Runs `sql` and reads its first row, if any.
@@ -458,18 +503,31 @@ impl Tx {
 
     /// Makes every statement of the transaction durable, together.
     pub async fn commit(mut self) -> Result<(), DbError> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => Ok(tx.take().ok_or(DbError::TxDone)?.commit().await?),
-            TxInner::Postgres(client) => {
-                let client = client.take().ok_or(DbError::TxDone)?;
-                if let Err(error) = client.batch_execute("COMMIT").await {
-                    // The connection's state is unknown: never lend it again.
-                    drop(deadpool_postgres::Object::take(client));
-                    return Err(error.into());
+        let Self(inner, timer) = &mut self;
+        timer
+            .time(async {
+                match inner {
+                    TxInner::Sqlite(tx) => Ok(tx.take().ok_or(DbError::TxDone)?.commit().await?),
+                    TxInner::Postgres(client) => {
+                        let client = client.take().ok_or(DbError::TxDone)?;
+                        if let Err(error) = client.batch_execute("COMMIT").await {
+                            // The connection's state is unknown: never lend it again.
+                            drop(deadpool_postgres::Object::take(client));
+                            return Err(error.into());
+                        }
+                        Ok(())
+                    }
                 }
-                Ok(())
-            }
-        }
+            })
+            .await
+    }
+}
+
+/// The OpenTelemetry name of a transaction's backend.
+fn inner_system(inner: &TxInner) -> &'static str {
+    match inner {
+        TxInner::Sqlite(_) => "sqlite",
+        TxInner::Postgres(_) => "postgresql",
     }
 }
 

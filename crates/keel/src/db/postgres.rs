@@ -91,6 +91,17 @@ impl Postgres {
         Ok(db)
     }
 
+    /// The pool's connections right now (the shared ones count as in use).
+    pub fn pool_status(&self) -> super::PoolStatus {
+        let status = self.inner.pool.status();
+        super::PoolStatus {
+            open: status.size,
+            idle: status.available,
+            max: status.max_size,
+            waiting: status.waiting,
+        }
+    }
+
     /// How many connections single statements share.
     pub fn shared_connections(&self) -> usize {
         self.inner.shared.len()

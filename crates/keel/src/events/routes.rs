@@ -24,6 +24,7 @@ use crate::{
     auth::{INVALID_TOKEN, Principal},
     error::{ApiError, FieldError, InputLocation, Problem},
     http::extract::QueryPairs,
+    metrics::Transport,
     server::AppState,
 };
 
@@ -198,7 +199,13 @@ async fn events_sse(
     let params = StreamParams::read(&query, &headers)?;
     check_capacity(&state)?;
     let heartbeat = Duration::from_secs(state.config.events_heartbeat_secs);
-    let feed = Feed::new(state, principal, params.after, params.patterns);
+    let feed = Feed::new(
+        state,
+        principal,
+        params.after,
+        params.patterns,
+        Transport::Sse,
+    );
     let events = stream::unfold(Some(feed), |feed| async move {
         let mut feed = feed?;
         let item = match feed.next().await {
@@ -268,7 +275,13 @@ async fn events_ws(
     check_capacity(&state)?;
     let heartbeat = Duration::from_secs(state.config.events_heartbeat_secs);
     // Subscribed before the handshake completes: nothing after it is missed.
-    let feed = Feed::new(state, principal, params.after, params.patterns);
+    let feed = Feed::new(
+        state,
+        principal,
+        params.after,
+        params.patterns,
+        Transport::WebSocket,
+    );
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         // tungstenite allocates its read buffer up front (128 KiB by default), which would

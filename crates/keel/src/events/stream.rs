@@ -5,7 +5,11 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::{auth::Principal, server::AppState};
+use crate::{
+    auth::Principal,
+    metrics::{OpenStream, Transport},
+    server::AppState,
+};
 
 use super::Published;
 
@@ -142,18 +146,22 @@ pub struct Feed {
     /// Events up to this id come from the log; later ones from the receiver.
     catch_up_until: i64,
     backlog: VecDeque<Arc<Published>>,
+    /// Counts the connection as open while it lives.
+    open: OpenStream,
 }
 
 impl Feed {
     /// The events after `after` (or, with `None`, from now on) that `principal` may see
-    /// and `patterns` match.
+    /// and `patterns` match, sent over `transport`.
     pub fn new(
         state: AppState,
         principal: Principal,
         after: Option<i64>,
         patterns: Patterns,
+        transport: Transport,
     ) -> Self {
         let (receiver, watermark) = state.events.subscribe();
+        let open = OpenStream::new(state.metrics.clone(), transport);
         // A client may have seen more than this instance has published yet (it was
         // connected to another one): then it only gets what follows.
         let last = after.unwrap_or(watermark);
@@ -165,6 +173,7 @@ impl Feed {
             last,
             catch_up_until: watermark,
             backlog: VecDeque::new(),
+            open,
         }
     }
 
@@ -214,7 +223,10 @@ impl Feed {
                             return Ok(found);
                         }
                     }
-                    Err(RecvError::Lagged(_)) => return Err(End::SlowConsumer),
+                    Err(RecvError::Lagged(_)) => {
+                        self.open.dropped_as_slow();
+                        return Err(End::SlowConsumer);
+                    }
                     Err(RecvError::Closed) => return Err(End::ShuttingDown),
                 },
                 () = tokio::time::sleep(expiry) => return Err(End::Expired),

@@ -1,6 +1,6 @@
 //! The middleware stack, in the order a request meets it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -25,6 +25,7 @@ use tower_http::{
 use crate::{
     config::Config,
     error::ApiError,
+    metrics::{Metrics, MetricsLayer},
     ratelimit::{RateLimitLayer, RateLimits},
     server::Shutdown,
     telemetry::RequestLogLayer,
@@ -33,13 +34,20 @@ use crate::{
 use super::{problem::ProblemLayer, request_id, security_headers};
 
 /// Wraps every route of `router` in keel's middleware, outermost first:
-/// connection closing while draining → request id → request log → problem rendering →
-/// rate limits → security headers → CORS → compression → panic catcher → body limit →
-/// timeout.
-pub fn apply(router: Router, config: &Config, limits: &RateLimits, shutdown: &Shutdown) -> Router {
+/// metrics (when on) → connection closing while draining → request id → request log →
+/// problem rendering → rate limits → security headers → CORS → compression → panic
+/// catcher → body limit → timeout.
+pub fn apply(
+    router: Router,
+    config: &Config,
+    limits: &RateLimits,
+    shutdown: &Shutdown,
+    metrics: Option<&Arc<Metrics>>,
+) -> Router {
     // One `Router::layer` call: each call boxes every route once more, and a boxed
     // route is cloned and its future boxed again on every request.
     let stack = ServiceBuilder::new()
+        .option_layer(metrics.map(|metrics| MetricsLayer::new(Arc::clone(metrics))))
         .layer(middleware::from_fn_with_state(
             shutdown.clone(),
             close_connections_while_draining,
@@ -204,7 +212,13 @@ mod tests {
         }
         let router = Router::new().route("/boom", get(boom));
         let (status, headers, body) = call(
-            apply(router, &Config::default(), &limits(), &Shutdown::default()),
+            apply(
+                router,
+                &Config::default(),
+                &limits(),
+                &Shutdown::default(),
+                None,
+            ),
             "/boom",
         )
         .await;
@@ -227,6 +241,7 @@ mod tests {
             &Config::default(),
             &limits(),
             &shutdown,
+            None,
         );
         let connection = |router: Router| async move {
             let response = router
@@ -255,7 +270,7 @@ mod tests {
             ..Config::default()
         };
         let (status, headers, body) = call(
-            apply(router, &config, &limits(), &Shutdown::default()),
+            apply(router, &config, &limits(), &Shutdown::default(), None),
             "/slow",
         )
         .await;

@@ -464,7 +464,7 @@ async fn relay_round(jobs: &Jobs, channel: &Channel, queue: &str) -> anyhow::Res
     // other instances skip them; SQLite has one writer, which a transaction would block.
     let mut tx = match store.db() {
         Db::Postgres { .. } => Some(store.db().begin().await?),
-        Db::Sqlite(_) => None,
+        Db::Sqlite(..) => None,
     };
     let due = store.unpublished(tx.as_mut(), RELAY_BATCH).await?;
     if due.is_empty() {

@@ -35,6 +35,7 @@ use uuid::Uuid;
 use crate::{
     config::Config,
     db::{Db, DbError, Tx},
+    metrics::Metrics,
 };
 
 pub use routes::router;
@@ -222,6 +223,8 @@ pub struct Jobs {
     /// Whether this process's RabbitMQ connection is up (`None` on the embedded queue, or
     /// when this process runs no workers).
     broker: Arc<Mutex<Option<bool>>>,
+    /// Where this process's workers count finished attempts.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Jobs {
@@ -238,7 +241,14 @@ impl Jobs {
             max_attempts: i32::try_from(config.jobs_max_attempts).unwrap_or(i32::MAX),
             wake: Arc::new(Notify::new()),
             broker: Arc::new(Mutex::new(None)),
+            metrics: None,
         }
+    }
+
+    /// The same queue, its workers counting finished attempts in `metrics`.
+    #[must_use]
+    pub fn with_metrics(self, metrics: Option<Arc<Metrics>>) -> Self {
+        Self { metrics, ..self }
     }
 
     /// Which queue carries the jobs.

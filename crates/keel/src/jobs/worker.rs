@@ -18,7 +18,12 @@ use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use crate::{config::Config, server::Shutdown, telemetry::otel};
+use crate::{
+    config::Config,
+    metrics::{JobOutcome, Metrics},
+    server::Shutdown,
+    telemetry::otel,
+};
 
 use super::{Backend, Handlers, Jobs, store::Claimed, store::JobStore};
 
@@ -133,15 +138,22 @@ pub(super) struct Executor {
     pub(super) settings: Settings,
     /// Leases of the attempts running in this process, handed back on shutdown.
     leases: Arc<Mutex<HashSet<Uuid>>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Executor {
-    pub(super) fn new(store: JobStore, handlers: Handlers, settings: Settings) -> Self {
+    pub(super) fn new(
+        store: JobStore,
+        handlers: Handlers,
+        settings: Settings,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         Self {
             store,
             handlers,
             settings,
             leases: Arc::default(),
+            metrics,
         }
     }
 
@@ -149,8 +161,24 @@ impl Executor {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs the handler of `claimed` while its lease is kept alive.
+    /// Runs the handler of `claimed` while its lease is kept alive, and counts the outcome.
     pub(super) async fn attempt(&self, claimed: &Claimed) -> Outcome {
+        let outcome = self.execute(claimed).await;
+        let kind = &claimed.context.kind;
+        if let Some(metrics) = &self.metrics
+            && self.handlers.get(kind).is_some()
+        {
+            match outcome {
+                Outcome::Succeeded => metrics.job_finished(kind, JobOutcome::Succeeded),
+                Outcome::Retry { .. } => metrics.job_finished(kind, JobOutcome::Failed),
+                Outcome::Dead { .. } => metrics.job_finished(kind, JobOutcome::Dead),
+                Outcome::Lost => {}
+            }
+        }
+        outcome
+    }
+
+    async fn execute(&self, claimed: &Claimed) -> Outcome {
         let job = &claimed.context;
         self.leases().insert(claimed.lease);
         let span = job_span(claimed);
@@ -297,7 +325,12 @@ pub(super) fn run_at(delay: Duration) -> chrono::DateTime<chrono::Utc> {
 /// Runs jobs from the configured queue until `shutdown` begins, then drains.
 pub async fn run(jobs: Jobs, handlers: Handlers, config: &Config, shutdown: Shutdown) {
     let settings = Settings::from_config(config);
-    let executor = Executor::new(jobs.store().clone(), handlers, settings);
+    let executor = Executor::new(
+        jobs.store().clone(),
+        handlers,
+        settings,
+        jobs.metrics.clone(),
+    );
     let sweeper = tokio::spawn(sweep(executor.store.clone(), executor.settings.lease));
     match (jobs.backend(), &config.amqp_url) {
         (Backend::RabbitMq, Some(url)) => {

@@ -32,7 +32,7 @@ use http::HeaderValue;
 use moka::sync::Cache;
 use redis::Script;
 
-use crate::{config::Config, error::ApiError, redis_conn::Redis};
+use crate::{config::Config, error::ApiError, metrics::Metrics, redis_conn::Redis};
 
 pub use client::{ClientIp, TrustedProxies};
 pub use layer::RateLimitLayer;
@@ -134,9 +134,10 @@ struct Inner {
     proxies: TrustedProxies,
 }
 
-/// The limits of one keel process, built once from the configuration.
+/// The limits of one keel process, built once from the configuration, and where their
+/// refusals are counted.
 #[derive(Clone)]
-pub struct RateLimits(Arc<Inner>, Option<Arc<Shared>>);
+pub struct RateLimits(Arc<Inner>, Option<Arc<Shared>>, Option<Arc<Metrics>>);
 
 /// GCRA over a window of ARGV[1] ms with a quota of ARGV[2]: the key holds the theoretical
 /// arrival time. Answers {1, remaining, ms until whole} or {0, ms to wait}.
@@ -248,6 +249,7 @@ impl RateLimits {
                 proxies: TrustedProxies::parse(&config.trusted_proxies)?,
             }),
             None,
+            None,
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(Arc::downgrade(&limits.0)));
@@ -266,7 +268,13 @@ impl RateLimits {
                 read_failures: Script::new(READ_FAILURES),
             })
         });
-        Self(self.0, shared)
+        Self(self.0, shared, self.2)
+    }
+
+    /// The same limits, their refusals counted in `metrics`.
+    #[must_use]
+    pub fn with_metrics(self, metrics: Option<Arc<Metrics>>) -> Self {
+        Self(self.0, self.1, metrics)
     }
 
     /// The trusted proxies.
@@ -292,6 +300,9 @@ impl RateLimits {
             let decision = shared.unwrap_or_else(|| limit.check(client));
             if let Decision::Refused { retry_after } = decision {
                 refused = Some(refused.map_or(retry_after, |r| r.max(retry_after)));
+                if let Some(metrics) = &self.2 {
+                    metrics.rate_limited(limit.name);
+                }
             }
             policies.push(limit.policy.as_str());
             members.push(limit.header_member(&decision));
@@ -323,6 +334,9 @@ impl RateLimits {
             }
         };
         if count >= *limit && !left.is_zero() {
+            if let Some(metrics) = &self.2 {
+                metrics.rate_limited("account");
+            }
             let retry_after_secs = whole_seconds(left);
             let headers =
                 HeaderValue::from_str(&format!("\"account\";q={limit};w={}", window.as_secs()))

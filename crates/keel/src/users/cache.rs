@@ -18,7 +18,7 @@ use redis::Script;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{events::EventHub, redis_conn::Redis};
+use crate::{events::EventHub, metrics::Metrics, redis_conn::Redis};
 
 use super::domain::User;
 
@@ -68,9 +68,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
-/// The users cache.
+/// The users cache, and where its lookups are counted.
 #[derive(Clone)]
-pub struct UserCache(Backend);
+pub struct UserCache(Backend, Option<Arc<Metrics>>);
 
 #[derive(Clone)]
 enum Backend {
@@ -96,21 +96,33 @@ struct RedisCache {
 impl UserCache {
     /// An in-process cache whose entries live `ttl`.
     pub fn memory(ttl: Duration) -> Self {
-        Self(Backend::Memory(
-            Cache::builder()
-                .max_capacity(MEMORY_CAPACITY)
-                .time_to_live(ttl)
-                .build(),
-        ))
+        Self(
+            Backend::Memory(
+                Cache::builder()
+                    .max_capacity(MEMORY_CAPACITY)
+                    .time_to_live(ttl)
+                    .build(),
+            ),
+            None,
+        )
     }
 
     /// A cache in `redis` whose entries live `ttl`.
     pub fn redis(redis: Redis, ttl: Duration) -> Self {
-        Self(Backend::Redis(Arc::new(RedisCache {
-            redis,
-            ttl,
-            put: Script::new(PUT_IF_NEWER),
-        })))
+        Self(
+            Backend::Redis(Arc::new(RedisCache {
+                redis,
+                ttl,
+                put: Script::new(PUT_IF_NEWER),
+            })),
+            None,
+        )
+    }
+
+    /// The same cache, its lookups counted in `metrics`.
+    #[must_use]
+    pub fn with_metrics(self, metrics: Option<Arc<Metrics>>) -> Self {
+        Self(self.0, metrics)
     }
 
     /// `memory` or `redis`.
@@ -123,14 +135,18 @@ impl UserCache {
 
     /// What the cache knows of user `id`.
     pub async fn get(&self, id: Uuid) -> Lookup {
-        match &self.0 {
+        let lookup = match &self.0 {
             Backend::Memory(cache) => match cache.get(&id) {
                 Some(Entry::User(user)) => Lookup::Found((*user).clone()),
                 Some(Entry::Deleted) => Lookup::Deleted,
                 Some(Entry::Floor(_)) | None => Lookup::Miss,
             },
             Backend::Redis(redis) => redis.get(id).await,
+        };
+        if let Some(metrics) = &self.1 {
+            metrics.users_cache_lookup(!matches!(lookup, Lookup::Miss));
         }
+        lookup
     }
 
     /// Stores `user` unless a newer version is cached.

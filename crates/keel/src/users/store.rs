@@ -127,7 +127,7 @@ impl UserStore {
         // SQLite takes one writer at a time; PostgreSQL overlaps a few commits, which
         // keeps its disk busy while the next batch fills.
         let flushers = match &db {
-            Db::Sqlite(_) => 1,
+            Db::Sqlite(..) => 1,
             Db::Postgres { pg, .. } => pg.shared_connections(),
         };
         let writer = db.clone();
