@@ -22,9 +22,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::level_filters::LevelFilter;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::{
-    EnvFilter, Layer as _, filter::Targets, fmt, fmt::format::JsonFields, prelude::*,
-};
+use tracing_subscriber::{EnvFilter, Layer as _, filter::Targets, fmt, prelude::*};
 
 pub use request::{RequestLog, RequestLogFuture, RequestLogLayer};
 
@@ -76,7 +74,7 @@ pub fn init(format: LogFormat) -> LogGuard {
         .finish(BufWriter::with_capacity(STDOUT_BUFFER, std::io::stdout()));
     let lines = match format {
         LogFormat::Json => fmt::layer()
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(json::JsonMembers)
             .event_format(json::JsonLines)
             .with_writer(writer)
             .with_filter(filter::layer(filter))
