@@ -211,24 +211,26 @@ struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 
 impl fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, value: &str) -> fmt::Result {
+        // Every character that needs escaping is ASCII, so the text is scanned byte by byte
+        // and cut only next to ASCII bytes, which are always character boundaries.
         let mut plain = 0;
-        for (at, c) in value.char_indices() {
-            let escaped = match c {
-                '"' => "\\\"",
-                '\\' => "\\\\",
-                '\n' => "\\n",
-                '\r' => "\\r",
-                '\t' => "\\t",
-                c if c < ' ' => "",
+        for (at, byte) in value.bytes().enumerate() {
+            let escaped = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                byte if byte < b' ' => "",
                 _ => continue,
             };
             self.0.write_str(&value[plain..at])?;
             if escaped.is_empty() {
-                write!(self.0, "\\u{:04x}", u32::from(c))?;
+                write!(self.0, "\\u{byte:04x}")?;
             } else {
                 self.0.write_str(escaped)?;
             }
-            plain = at + c.len_utf8();
+            plain = at + 1;
         }
         self.0.write_str(&value[plain..])
     }
