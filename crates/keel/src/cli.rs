@@ -7,15 +7,14 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    accounts::bootstrap::{CreateAdminError, create_admin},
     audit::AuditLog,
-    auth::{
-        bootstrap::{CreateAdminError, create_admin},
-        password::PasswordHasher,
-    },
+    auth::password::PasswordHasher,
     config::Config,
     db::Db,
     jobs::{Jobs, worker},
-    server::{self, Shutdown},
+    server,
+    shutdown::Shutdown,
     telemetry,
     users::store::UserStore,
 };
@@ -139,7 +138,7 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     let metrics = metrics_listener
         .as_ref()
         .map(|listener| Arc::clone(listener.metrics()));
-    let metrics_server = metrics_listener.map(|listener| listener.serve(db.clone()));
+    let metrics_server = metrics_listener.map(|listener| listener.serve());
     let users = UserStore::new(db.clone());
     let handlers = server::job_handlers(&config, &users, &db)?;
     let jobs = Jobs::new(&config, db.clone()).with_metrics(metrics);

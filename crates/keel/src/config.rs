@@ -349,9 +349,6 @@ impl Config {
         if self.environment == Environment::Production {
             self.validate_production()?;
         }
-        if let Err(error) = crate::ratelimit::TrustedProxies::parse(&self.trusted_proxies) {
-            return Err(ConfigError(error.to_string()));
-        }
         for origin in &self.cors_allowed_origins {
             if http::HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
                 return bad(

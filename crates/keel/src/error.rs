@@ -16,6 +16,11 @@ use utoipa::ToSchema;
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// `RateLimit-Policy` (the IETF RateLimit header fields draft): the limits that apply.
+pub const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`: what is left of them.
+pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
 /// Where a failing input was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -338,8 +343,8 @@ impl IntoResponse for ApiError {
                 headers.insert(http::header::RETRY_AFTER, (*retry_after_secs).into());
                 if let Some(limit) = limit {
                     let (policy, state) = limit.as_ref();
-                    headers.insert(crate::ratelimit::layer::RATELIMIT_POLICY, policy.clone());
-                    headers.insert(crate::ratelimit::layer::RATELIMIT, state.clone());
+                    headers.insert(RATELIMIT_POLICY, policy.clone());
+                    headers.insert(RATELIMIT, state.clone());
                 }
             }
             Self::Unauthorized { challenge, .. } => {
@@ -352,12 +357,5 @@ impl IntoResponse for ApiError {
         }
         response.extensions_mut().insert(problem);
         response
-    }
-}
-
-impl From<crate::db::DbError> for ApiError {
-    #[track_caller]
-    fn from(error: crate::db::DbError) -> Self {
-        Self::internal(error)
     }
 }

@@ -1,40 +1,35 @@
-//! Start-up and shutdown: builds the application from the configuration, binds the listener
-//! and serves until SIGTERM/SIGINT (or, in tests, until told to stop).
+//! The composition root: the only module that knows every feature. Builds each feature's
+//! state from the configuration, composes their routers into the application, binds the
+//! listener and serves until SIGTERM/SIGINT (or, in tests, until told to stop).
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, middleware, serve::ListenerExt};
-use tokio::{net::TcpListener, sync::Notify};
+use axum::{Router, extract::FromRef, middleware, serve::ListenerExt};
+use tokio::net::TcpListener;
 use tower::ServiceExt;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
+    accounts::{self, AccountsState, bootstrap::bootstrap_admin, email_tokens::EmailTokens},
     audit::{self, AuditLog},
-    auth::{self, Auth, bootstrap::bootstrap_admin, keys::KeyRing},
+    auth::{Auth, keys::KeyRing},
     compute::{self, CpuPool},
     config::Config,
     db::Db,
     docs,
-    events::{self, EventHub, tickets::Tickets},
-    health,
-    http::{self, listener::StoppableListener, static_files::StaticFiles},
-    idempotency,
+    events::{self, EventHub, EventsState, tickets::Tickets},
+    health::{self, HealthState},
+    http::{self, listener::StoppableListener, ratelimit::RateLimits, static_files::StaticFiles},
+    idempotency::{self, Idempotency},
     jobs::{self, Handlers, Jobs},
+    log_filter,
     metrics::{Metrics, MetricsListener, NestedRoute, QueryTimer},
-    ratelimit::RateLimits,
     redis_conn::Redis,
-    telemetry,
-    users::{self, cache::UserCache, store::UserStore},
-    webhooks,
+    shutdown::Shutdown,
+    users::{self, UsersState, cache::UserCache, store::UserStore},
+    webhooks::{self, Dispatcher, WebhooksState},
 };
 
 /// How often expired idempotency keys are deleted.
@@ -47,71 +42,93 @@ const FIRST_REQUEST_PATIENCE: Duration = Duration::from_secs(1);
 /// How long a ticket for an event stream may wait to be used.
 const EVENT_TICKET_TTL: Duration = Duration::from_secs(30);
 
-/// What every handler can reach.
+/// The routes' state: each feature's own, handed to its router by `FromRef`, so that no
+/// handler reaches more than its feature's state.
+#[derive(Clone, FromRef)]
+struct AppState {
+    auth: Arc<Auth>,
+    audit: AuditLog,
+    accounts: AccountsState,
+    users: UsersState,
+    jobs: Jobs,
+    events: EventsState,
+    webhooks: WebhooksState,
+    health: HealthState,
+    compute: Arc<CpuPool>,
+}
+
+/// What a running keel is made of: built once at start-up, from which the routes' state
+/// and the background tasks take their parts.
 #[derive(Clone)]
-pub struct AppState {
-    /// The database pool.
-    pub db: Db,
-    /// Users' storage.
-    pub users: UserStore,
-    /// Keys, passwords and sessions.
-    pub auth: Arc<Auth>,
-    /// The security-event trail.
-    pub audit: AuditLog,
-    /// Per-client and per-account limits.
-    pub rate_limits: RateLimits,
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The pool that runs CPU-bound work.
-    pub compute: Arc<CpuPool>,
-    /// Shutdown progress.
-    pub shutdown: Shutdown,
-    /// The job queue.
-    pub jobs: Jobs,
-    /// New events, for the streams.
-    pub events: EventHub,
-    /// Tickets that open event streams.
-    pub events_tickets: Tickets,
-    /// The metrics, when `KEEL_METRICS_ADDR` is set.
-    pub metrics: Option<Arc<Metrics>>,
+struct Services {
+    config: Arc<Config>,
+    db: Db,
+    auth: Arc<Auth>,
+    audit: AuditLog,
+    users: UserStore,
+    jobs: Jobs,
+    events: EventHub,
+    tickets: Tickets,
+    rate_limits: RateLimits,
+    compute: Arc<CpuPool>,
+    shutdown: Shutdown,
+    metrics: Option<Arc<Metrics>>,
 }
 
-/// Tells whether shutdown has begun, and wakes whoever waits for it.
-#[derive(Clone, Default)]
-pub struct Shutdown {
-    draining: Arc<AtomicBool>,
-    notify: Arc<Notify>,
-}
-
-impl Shutdown {
-    /// Starts the shutdown: readiness fails from now on.
-    pub fn begin(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
-    }
-
-    /// Whether shutdown has begun.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once shutdown has begun.
-    pub async fn started(&self) {
-        let notified = self.notify.notified();
-        if self.is_draining() {
-            return;
+impl Services {
+    /// Each feature's state.
+    fn state(&self) -> AppState {
+        AppState {
+            auth: Arc::clone(&self.auth),
+            audit: self.audit.clone(),
+            accounts: AccountsState {
+                db: self.db.clone(),
+                auth: Arc::clone(&self.auth),
+                users: self.users.clone(),
+                rate_limits: self.rate_limits.clone(),
+                jobs: self.jobs.clone(),
+                audit: self.audit.clone(),
+            },
+            users: UsersState {
+                users: self.users.clone(),
+                auth: Arc::clone(&self.auth),
+                audit: self.audit.clone(),
+                jobs: self.jobs.clone(),
+                rate_limits: self.rate_limits.clone(),
+            },
+            jobs: self.jobs.clone(),
+            events: EventsState {
+                events: self.events.clone(),
+                events_tickets: self.tickets.clone(),
+                auth: Arc::clone(&self.auth),
+                shutdown: self.shutdown.clone(),
+                metrics: self.metrics.clone(),
+                max_connections: self.config.events_max_connections,
+                heartbeat_secs: self.config.events_heartbeat_secs,
+            },
+            webhooks: WebhooksState {
+                db: self.db.clone(),
+                jobs: self.jobs.clone(),
+                environment: self.config.environment,
+            },
+            health: HealthState {
+                db: self.db.clone(),
+                jobs: self.jobs.clone(),
+                cache: self.users.cache().clone(),
+                shutdown: self.shutdown.clone(),
+            },
+            compute: Arc::clone(&self.compute),
         }
-        notified.await;
     }
 }
 
 /// Every documented route, before state and middleware are attached.
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
-        .merge(auth::router())
+        .merge(accounts::router())
         .merge(users::router())
         .merge(audit::router())
-        .merge(telemetry::routes::router())
+        .merge(log_filter::router())
         .merge(health::router())
         .merge(compute::router())
         .merge(jobs::router())
@@ -131,19 +148,24 @@ fn user_cache(config: &Config, redis: Option<&Redis>) -> UserCache {
 /// The handlers of every job kind keel runs.
 pub fn job_handlers(config: &Config, users: &UserStore, db: &Db) -> anyhow::Result<Handlers> {
     let mut handlers = Handlers::default();
-    auth::email_flows::register_handlers(&mut handlers, config, users.clone(), db)?;
+    accounts::email_flows::register_handlers(&mut handlers, config, users.clone(), db)?;
     webhooks::register_handler(&mut handlers, config, db)?;
     Ok(handlers)
 }
 
 /// The migrated database and, when `config` asks for metrics, their bound listener; the
-/// database's statements are timed into those metrics.
+/// database's statements are timed into those metrics and its pool read at every scrape.
 pub async fn database_and_metrics(
     config: &Config,
 ) -> anyhow::Result<(Db, Option<MetricsListener>)> {
     let metrics_listener = MetricsListener::bind(config).await?;
-    let timer = QueryTimer::of(metrics_listener.as_ref().map(|l| l.metrics().as_ref()));
-    let db = Db::connect(config).await?.with_query_timer(timer);
+    let metrics = metrics_listener.as_ref().map(|l| l.metrics().as_ref());
+    let db = Db::connect(config)
+        .await?
+        .with_query_timer(QueryTimer::of(metrics));
+    if let Some(metrics) = metrics {
+        db.register_metrics(metrics);
+    }
     db.migrate().await?;
     Ok((db, metrics_listener))
 }
@@ -155,17 +177,23 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     document
 }
 
-/// The whole HTTP application and its OpenAPI document; `static_files` answers `/static`.
-pub fn app(state: AppState, static_files: StaticFiles) -> (Router, utoipa::openapi::OpenApi) {
+/// The whole HTTP application: the features' routes with their state, the idempotency
+/// layer, the docs, `/static` (answered by `static_files`) and the middleware stack.
+fn app(services: &Services, static_files: StaticFiles) -> Router {
+    let idempotency = Idempotency::new(
+        services.db.clone(),
+        Arc::clone(&services.auth),
+        &services.config,
+    );
     let (api, mut document) = api()
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            idempotency,
             idempotency::middleware,
         ))
         .split_for_parts();
     docs::complete(&mut document);
     let router = api
-        .with_state(state.clone())
+        .with_state(services.state())
         .merge(docs::router(&document))
         .nest_service(
             "/static",
@@ -173,15 +201,12 @@ pub fn app(state: AppState, static_files: StaticFiles) -> (Router, utoipa::opena
         )
         .fallback(|| async { ::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { ::http::StatusCode::METHOD_NOT_ALLOWED });
-    (
-        http::apply(
-            router,
-            &state.config,
-            &state.rate_limits,
-            &state.shutdown,
-            state.metrics.as_ref(),
-        ),
-        document,
+    http::apply(
+        router,
+        &services.config,
+        &services.rate_limits,
+        &services.shutdown,
+        services.metrics.as_ref(),
     )
 }
 
@@ -189,17 +214,19 @@ pub fn app(state: AppState, static_files: StaticFiles) -> (Router, utoipa::opena
 pub struct Server {
     listener: TcpListener,
     router: Router,
-    state: AppState,
     /// The handlers the in-process workers run; `None` when they are off.
     handlers: Option<Handlers>,
     /// Where `/metrics` is served, when it is.
     metrics_listener: Option<MetricsListener>,
+    services: Services,
 }
 
 impl Server {
     /// Connects to the database, applies migrations and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        // Settings that features parse are checked before anything is touched too.
+        let rate_limits = RateLimits::from_config(&config)?;
         // Keys first: a production start without them touches nothing.
         let keys = KeyRing::load(&config)?;
         let (db, metrics_listener) = database_and_metrics(&config).await?;
@@ -231,14 +258,14 @@ impl Server {
             None
         };
         let jobs = Jobs::new(&config, db.clone()).with_metrics(metrics.clone());
-        let state = AppState {
+        let services = Services {
             jobs,
             events: EventHub::new(db.clone(), config.events_buffer),
-            events_tickets: Tickets::new(db.clone(), EVENT_TICKET_TTL),
+            tickets: Tickets::new(db.clone(), EVENT_TICKET_TTL),
             users,
             auth,
             audit,
-            rate_limits: RateLimits::from_config(&config)?
+            rate_limits: rate_limits
                 .shared_through(redis)
                 .with_metrics(metrics.clone()),
             metrics,
@@ -247,15 +274,18 @@ impl Server {
             config: Arc::new(config),
             shutdown: Shutdown::default(),
         };
-        let static_files =
-            StaticFiles::start(state.config.static_dir.clone(), state.shutdown.clone()).await;
-        let (router, _) = app(state.clone(), static_files);
+        let static_files = StaticFiles::start(
+            services.config.static_dir.clone(),
+            services.shutdown.clone(),
+        )
+        .await;
+        let router = app(&services, static_files);
         Ok(Self {
             listener,
             router,
-            state,
             handlers,
             metrics_listener,
+            services,
         })
     }
 
@@ -273,12 +303,12 @@ impl Server {
 
     /// Which database backend is in use.
     pub fn database_backend(&self) -> &'static str {
-        self.state.db.backend()
+        self.services.db.backend()
     }
 
     /// A handle that starts the shutdown when [`Shutdown::begin`] is called.
     pub fn shutdown_handle(&self) -> Shutdown {
-        self.state.shutdown.clone()
+        self.services.shutdown.clone()
     }
 
     /// Serves until shutdown begins, then lets in-flight requests finish within the
@@ -287,12 +317,12 @@ impl Server {
         let Self {
             listener,
             router,
-            state,
+            services: state,
             handlers,
             metrics_listener,
         } = self;
         // Served until the API has stopped, so that the drain can be watched.
-        let metrics_server = metrics_listener.map(|listener| listener.serve(state.db.clone()));
+        let metrics_server = metrics_listener.map(|listener| listener.serve());
         let purge = tokio::spawn(purge_expired(state.clone()));
         let poll = Duration::from_millis(state.config.events_poll_ms);
         let hub = tokio::spawn(state.events.clone().run(poll, state.shutdown.clone()));
@@ -303,7 +333,12 @@ impl Server {
                 .clone()
                 .follow_changes(state.events.clone(), state.shutdown.clone()),
         );
-        let dispatch = tokio::spawn(webhooks::dispatch(state.clone()));
+        let dispatch = tokio::spawn(webhooks::dispatch(Dispatcher {
+            db: state.db.clone(),
+            events: state.events.clone(),
+            jobs: state.jobs.clone(),
+            shutdown: state.shutdown.clone(),
+        }));
         let workers = handlers.map(|handlers| {
             let (jobs, config, shutdown) = (
                 state.jobs.clone(),
@@ -373,7 +408,7 @@ const SUCCEEDED_JOBS_KEPT: chrono::Duration = chrono::Duration::days(7);
 
 /// Deletes expired idempotency keys, long-expired sessions and e-mail tokens, and old
 /// succeeded jobs, periodically.
-async fn purge_expired(state: AppState) {
+async fn purge_expired(state: Services) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
         interval.tick().await;
@@ -388,13 +423,13 @@ async fn purge_expired(state: AppState) {
             Ok(n) => tracing::debug!(purged = n, "expired sessions deleted"),
             Err(error) => tracing::warn!(%error, "cannot purge sessions"),
         }
-        let tokens = auth::email_tokens::EmailTokens::new(state.db.clone());
+        let tokens = EmailTokens::new(state.db.clone());
         match tokens.purge_expired(before).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "expired e-mail tokens deleted"),
             Err(error) => tracing::warn!(%error, "cannot purge e-mail tokens"),
         }
-        match state.events_tickets.purge_expired(chrono::Utc::now()).await {
+        match state.tickets.purge_expired(chrono::Utc::now()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "expired event tickets deleted"),
             Err(error) => tracing::warn!(%error, "cannot purge event tickets"),

@@ -21,7 +21,7 @@ use keel::{
     config::Config,
     db::Db,
     jobs::{Handlers, Jobs, NewJob},
-    server::Shutdown,
+    shutdown::Shutdown,
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};

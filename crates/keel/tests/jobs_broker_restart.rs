@@ -16,7 +16,7 @@ use common::{amqp_url, delete_queues, eventually, queue_prefix, services_require
 use keel::{
     db::Db,
     jobs::{Handlers, JobState, Jobs, NewJob, store::JobQuery},
-    server::Shutdown,
+    shutdown::Shutdown,
 };
 use secrecy::SecretString;
 use serde_json::json;

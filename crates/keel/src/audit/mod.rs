@@ -5,7 +5,7 @@ mod routes;
 
 use std::net::IpAddr;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -175,7 +175,7 @@ impl AuditLog {
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[
                     &Uuid::now_v7(),
-                    &Utc::now().trunc_subsecs(6),
+                    &crate::db::now(),
                     &event.kind.as_str().to_owned(),
                     &event.user_id,
                     &event.actor_id,

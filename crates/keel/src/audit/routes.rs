@@ -1,8 +1,10 @@
 //! `GET /admin/audit-events`: the audit trail, for admins.
 
+use std::sync::Arc;
+
 use axum::{
     Json,
-    extract::State,
+    extract::{FromRef, State},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -10,19 +12,23 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::Admin,
+    auth::{Admin, Auth},
     error::{ApiError, Problem},
     http::{
         extract::QueryPairs,
         pagination::{self, PageRequest},
     },
-    server::AppState,
 };
 
-use super::AuditEvent;
+use super::{AuditEvent, AuditLog};
 
 /// The audit routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuditLog: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     OpenApiRouter::new().routes(routes!(list_events))
 }
 
@@ -54,7 +60,7 @@ pub struct AuditPage {
     )
 )]
 async fn list_events(
-    State(state): State<AppState>,
+    State(audit): State<AuditLog>,
     _admin: Admin,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
@@ -63,7 +69,7 @@ async fn list_events(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let (items, more) = state.audit.page(page.limit, page.after).await?;
+    let (items, more) = audit.page(page.limit, page.after).await?;
     let last = items.last().map(|e| e.id);
     let (next_cursor, headers) =
         pagination::next_page("/admin/audit-events", &[], page.limit, last, more);

@@ -1,39 +1,34 @@
-//! Accounts and access: registration, login, refresh-token sessions, logout, the JWKS, and
-//! the extractors that guard every other route ([`Principal`], [`Admin`]).
+//! Access: who is calling and what they may do. The signing keys, access tokens, refresh
+//! token sessions, password hashing, roles, and the extractors that guard every route
+//! ([`Principal`], [`Admin`]). The routes that use them to register, log in and out are the
+//! `accounts` feature's.
 //!
 //! Access tokens are short-lived EdDSA JWTs that any service can verify with the published
 //! keys; refresh tokens are opaque, stored hashed, and rotate on every use.
 
-pub mod bootstrap;
-pub mod email_flows;
-pub mod email_tokens;
 pub mod keys;
 pub mod password;
-mod routes;
 pub mod sessions;
 pub mod tokens;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use http::{HeaderValue, header, request::Parts};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{config::Config, db::Db, error::ApiError, server::AppState, users::domain::User};
+use crate::{config::Config, db::Db, error::ApiError};
 
-/// The accounts routes, the e-mail flows' included.
-pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
-    routes::router().merge(email_flows::router())
-}
-pub use tokens::Principal;
+pub use tokens::{Principal, Role};
 
 use keys::KeyRing;
 use password::{HashError, PasswordHasher};
 use sessions::SessionStore;
 use tokens::Tokens;
 
-/// What the accounts feature keeps: keys, the password hasher and the sessions.
+/// The access feature's state: keys and tokens, the password hasher and the sessions. Every
+/// router whose routes take a [`Principal`] or an [`Admin`] has an `Arc<Auth>` in its state.
 #[derive(Debug)]
 pub struct Auth {
     /// Access tokens.
@@ -61,17 +56,18 @@ impl Auth {
         }))
     }
 
-    /// A token pair for `user` in `session` (refresh token given).
+    /// A token pair for user `user_id` with `role` in `session` (refresh token given).
     pub fn pair(
         &self,
-        user: &User,
+        user_id: uuid::Uuid,
+        role: Role,
         session: uuid::Uuid,
         refresh_token: String,
     ) -> Result<TokenPair, ApiError> {
         Ok(TokenPair {
             access_token: self
                 .tokens
-                .issue(user.id, user.role, session)
+                .issue(user_id, role, session)
                 .map_err(ApiError::internal)?,
             token_type: "Bearer",
             expires_in: self.tokens.ttl().as_secs(),
@@ -143,19 +139,26 @@ pub fn bearer_token(value: &HeaderValue) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-impl FromRequestParts<AppState> for Principal {
+impl<S> FromRequestParts<S> for Principal
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
             .ok_or(MISSING_TOKEN)?;
         let token = bearer_token(value).ok_or(INVALID_TOKEN)?;
-        state.auth.tokens.verify(token).map_err(|error| {
-            tracing::debug!(%error, "access token refused");
-            INVALID_TOKEN
-        })
+        Arc::<Auth>::from_ref(state)
+            .tokens
+            .verify(token)
+            .map_err(|error| {
+                tracing::debug!(%error, "access token refused");
+                INVALID_TOKEN
+            })
     }
 }
 
@@ -163,10 +166,14 @@ impl FromRequestParts<AppState> for Principal {
 #[derive(Debug, Clone, Copy)]
 pub struct Admin(pub Principal);
 
-impl FromRequestParts<AppState> for Admin {
+impl<S> FromRequestParts<S> for Admin
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let principal = Principal::from_request_parts(parts, state).await?;
         if principal.is_admin() {
             Ok(Self(principal))

@@ -7,11 +7,11 @@
 use std::{collections::HashSet, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::db::{Db, DbError, FromRow, Row};
+use crate::db::{Db, DbError, FromRow, Row, now};
 
 /// A refresh token as stored.
 #[derive(Debug, Clone)]
@@ -67,10 +67,6 @@ pub enum Refresh {
 pub struct SessionStore {
     db: Db,
     ttl: Duration,
-}
-
-fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
 }
 
 /// The stored form of a refresh token.

@@ -5,11 +5,39 @@ use std::{sync::Arc, time::Duration};
 use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header, encode};
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::users::domain::Role;
-
 use super::keys::KeyRing;
+
+/// What an account may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, on every account.
+    Admin,
+    /// Reads and changes its own record only.
+    User,
+}
+
+impl Role {
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
+
+    /// Reads a stored or serialized name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "admin" => Some(Self::Admin),
+            "user" => Some(Self::User),
+            _ => None,
+        }
+    }
+}
 
 /// The claims of a keel access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]

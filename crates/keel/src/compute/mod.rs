@@ -2,7 +2,12 @@
 
 mod pool;
 
-use axum::{Json, extract::State};
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{FromRef, State},
+};
 use ndarray::Array2;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -11,7 +16,6 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     error::{ApiError, FieldError, InputLocation, Problem},
     http::extract::QueryPairs,
-    server::AppState,
 };
 
 pub use pool::{CpuPool, PoolError};
@@ -20,7 +24,11 @@ pub use pool::{CpuPool, PoolError};
 pub const MAX_N: usize = 1024;
 
 /// The compute routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<CpuPool>: FromRef<S>,
+{
     OpenApiRouter::new().routes(routes!(matmul))
 }
 
@@ -53,7 +61,7 @@ pub struct MatmulResult {
     )
 )]
 async fn matmul(
-    State(state): State<AppState>,
+    State(pool): State<Arc<CpuPool>>,
     query: QueryPairs,
 ) -> Result<Json<MatmulResult>, ApiError> {
     let n = query
@@ -68,8 +76,7 @@ async fn matmul(
                 format!("must be an integer from 1 to {MAX_N}"),
             ))
         })?;
-    let checksum = state
-        .compute
+    let checksum = pool
         .run(move || matmul_checksum(n))
         .await
         .map_err(|e| match e {

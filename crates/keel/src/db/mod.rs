@@ -7,6 +7,8 @@
 //! (see [`postgres`]).
 
 pub mod batch;
+mod gauges;
+mod notify;
 mod postgres;
 mod span;
 
@@ -61,6 +63,14 @@ pub struct PoolStatus {
     pub max: usize,
     /// Tasks waiting for a connection (0 when the pool does not say).
     pub waiting: usize,
+}
+
+/// The current time as the database keeps it: to the microsecond, PostgreSQL's precision,
+/// so what a write answers is exactly what a later read returns. Every timestamp keel
+/// stores comes from here.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
 }
 
 /// A failed statement, on either backend.

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::{
     db::{Db, DbError},
-    server::Shutdown,
+    shutdown::Shutdown,
 };
 
 use super::{EventLog, Published};
@@ -121,13 +121,9 @@ impl EventHub {
             }
         };
         self.watermark.store(start, Ordering::SeqCst);
-        if let Db::Postgres { url, .. } = self.log.db() {
-            tokio::spawn(listen(
-                secrecy::ExposeSecret::expose_secret(url).to_owned(),
-                Arc::clone(&self.wake),
-                shutdown.clone(),
-            ));
-        }
+        self.log
+            .db()
+            .wake_on_notify(CHANNEL, Arc::clone(&self.wake), shutdown.clone());
         let mut gap: Option<Gap> = None;
         loop {
             let next = match self.publish_new(&mut gap).await {
@@ -223,44 +219,5 @@ impl EventLog {
                 .map_err(|e| DbError::Corrupt(format!("transaction id {v:?}: {e}")))
         };
         Ok((parse(&xmin)?, parse(&xmax)?))
-    }
-}
-
-/// Wakes the tailer on each `keel_events` notification, reconnecting after a failure.
-async fn listen(url: String, wake: Arc<Notify>, shutdown: Shutdown) {
-    loop {
-        tokio::select! {
-            error = follow(&url, &wake) => {
-                tracing::warn!(%error, "event notifications lost; reconnecting");
-            }
-            () = shutdown.started() => return,
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = shutdown.started() => return,
-        }
-    }
-}
-
-/// Follows the notifications until the listener fails.
-async fn follow(url: &str, wake: &Notify) -> sqlx::Error {
-    let mut listener = match sqlx::postgres::PgListener::connect(url).await {
-        Ok(listener) => listener,
-        Err(error) => return error,
-    };
-    if let Err(error) = listener.listen(CHANNEL).await {
-        return error;
-    }
-    loop {
-        // Anything committed while the listener was away is read now; `None` means the
-        // connection dropped and is re-established on the next call.
-        wake.notify_one();
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(_)) => wake.notify_one(),
-                Ok(None) => break,
-                Err(error) => return error,
-            }
-        }
     }
 }

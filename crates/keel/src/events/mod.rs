@@ -20,12 +20,34 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    auth::Principal,
+    auth::{Auth, Principal},
     db::{Db, DbError, FromRow, Row, Tx},
+    metrics::Metrics,
+    shutdown::Shutdown,
 };
 
 pub use hub::EventHub;
 pub use routes::router;
+pub use stream::{MAX_PATTERNS, Patterns};
+
+/// What the event streams reach.
+#[derive(Clone)]
+pub struct EventsState {
+    /// New events, fanned out to the streams.
+    pub events: EventHub,
+    /// Tickets that open event streams.
+    pub events_tickets: tickets::Tickets,
+    /// Verifies tokens, and tells when a stream's session was revoked.
+    pub auth: Arc<Auth>,
+    /// Streams end when shutdown begins.
+    pub shutdown: Shutdown,
+    /// Open streams are counted here, when metrics are on.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Streams this instance holds at most.
+    pub max_connections: usize,
+    /// Seconds between heartbeats on an idle stream.
+    pub heartbeat_secs: u64,
+}
 
 /// One event as clients receive it.
 #[derive(Debug, Clone, Serialize, ToSchema)]

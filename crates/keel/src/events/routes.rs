@@ -1,12 +1,12 @@
 //! `GET /events` (Server-Sent Events), `GET /events/ws` (WebSocket) and
 //! `POST /events/ticket`.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Json,
     extract::{
-        FromRequestParts, State,
+        FromRef, FromRequestParts, State,
         ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code},
     },
     http::{HeaderMap, HeaderValue, header, request::Parts},
@@ -21,20 +21,24 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::{INVALID_TOKEN, Principal},
+    auth::{Auth, INVALID_TOKEN, Principal},
     error::{ApiError, FieldError, InputLocation, Problem},
     http::extract::QueryPairs,
     metrics::Transport,
-    server::AppState,
 };
 
 use super::{
-    Published,
+    EventsState, Published,
     stream::{End, Feed, Patterns},
 };
 
 /// The event routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    EventsState: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(events_sse))
         .routes(routes!(events_ws))
@@ -55,10 +59,15 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// WebSocket or an `EventSource`).
 struct StreamAuth(Principal);
 
-impl FromRequestParts<AppState> for StreamAuth {
+impl<S> FromRequestParts<S> for StreamAuth
+where
+    S: Send + Sync,
+    EventsState: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         if parts.headers.contains_key(header::AUTHORIZATION) {
             return Principal::from_request_parts(parts, state).await.map(Self);
         }
@@ -66,6 +75,7 @@ impl FromRequestParts<AppState> for StreamAuth {
         let Some(ticket) = query.get("ticket") else {
             return Err(crate::auth::MISSING_TOKEN);
         };
+        let state = EventsState::from_ref(state);
         let principal = state
             .events_tickets
             .redeem(ticket, state.auth.tokens.ttl())
@@ -133,8 +143,8 @@ impl StreamParams {
 }
 
 /// 503 once this instance holds as many streams as it is configured for.
-fn check_capacity(state: &AppState) -> Result<(), ApiError> {
-    if state.events.subscribers() >= state.config.events_max_connections {
+fn check_capacity(state: &EventsState) -> Result<(), ApiError> {
+    if state.events.subscribers() >= state.max_connections {
         return Err(ApiError::Unavailable {
             detail: "this instance holds as many event streams as it is configured for".into(),
             retry_after_secs: 5,
@@ -191,14 +201,14 @@ impl StreamEnd {
     )
 )]
 async fn events_sse(
-    State(state): State<AppState>,
+    State(state): State<EventsState>,
     StreamAuth(principal): StreamAuth,
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let params = StreamParams::read(&query, &headers)?;
     check_capacity(&state)?;
-    let heartbeat = Duration::from_secs(state.config.events_heartbeat_secs);
+    let heartbeat = Duration::from_secs(state.heartbeat_secs);
     let feed = Feed::new(
         state,
         principal,
@@ -267,13 +277,13 @@ fn sse_event(event: &Published) -> SseEvent {
 )]
 async fn events_ws(
     upgrade: WebSocketUpgrade,
-    State(state): State<AppState>,
+    State(state): State<EventsState>,
     StreamAuth(principal): StreamAuth,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     let params = StreamParams::read(&query, &HeaderMap::new())?;
     check_capacity(&state)?;
-    let heartbeat = Duration::from_secs(state.config.events_heartbeat_secs);
+    let heartbeat = Duration::from_secs(state.heartbeat_secs);
     // Subscribed before the handshake completes: nothing after it is missed.
     let feed = Feed::new(
         state,
@@ -406,7 +416,7 @@ pub struct Ticket {
     )
 )]
 async fn create_ticket(
-    State(state): State<AppState>,
+    State(state): State<EventsState>,
     principal: Principal,
 ) -> Result<Response, ApiError> {
     let ticket = state

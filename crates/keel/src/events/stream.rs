@@ -8,10 +8,9 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use crate::{
     auth::Principal,
     metrics::{OpenStream, Transport},
-    server::AppState,
 };
 
-use super::Published;
+use super::{EventsState, Published};
 
 /// Events read from the log per query while catching up.
 const CATCH_UP_PAGE: i64 = 200;
@@ -136,7 +135,7 @@ impl End {
 
 /// The events of one connection.
 pub struct Feed {
-    state: AppState,
+    state: EventsState,
     principal: Principal,
     /// The types the client asked for.
     pub patterns: Patterns,
@@ -154,7 +153,7 @@ impl Feed {
     /// The events after `after` (or, with `None`, from now on) that `principal` may see
     /// and `patterns` match, sent over `transport`.
     pub fn new(
-        state: AppState,
+        state: EventsState,
         principal: Principal,
         after: Option<i64>,
         patterns: Patterns,

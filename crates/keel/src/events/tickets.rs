@@ -11,11 +11,10 @@ use uuid::Uuid;
 
 use crate::{
     auth::{
-        Principal,
+        Principal, Role,
         sessions::{digest, new_token},
     },
     db::{Db, DbError, FromRow, Row},
-    users::domain::Role,
 };
 
 /// The tickets' storage.

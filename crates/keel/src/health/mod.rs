@@ -2,23 +2,47 @@
 
 use std::time::Duration;
 
-use axum::{Json, extract::State, response::IntoResponse, response::Response};
+use axum::{
+    Json,
+    extract::{FromRef, State},
+    response::IntoResponse,
+    response::Response,
+};
 use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    db::Db,
     error::{ApiError, Problem},
-    jobs::{Backend, QueueStats},
-    server::AppState,
+    jobs::{Backend, Jobs, QueueStats},
+    shutdown::Shutdown,
+    users::cache::UserCache,
 };
 
 /// Time each readiness check gets.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What readiness checks.
+#[derive(Clone)]
+pub struct HealthState {
+    /// The database: reachable and migrated.
+    pub db: Db,
+    /// The queue, whose depth the answer tells.
+    pub jobs: Jobs,
+    /// The users cache, whose backend (Redis) is checked.
+    pub cache: UserCache,
+    /// Not ready once shutdown has begun.
+    pub shutdown: Shutdown,
+}
+
 /// The health routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    HealthState: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(livez))
         .routes(routes!(readyz))
@@ -110,7 +134,7 @@ pub struct JobsDetail {
         (status = 200, description = "Ready", body = Ready),
         (status = 503, description = "Not ready: shutting down, or a dependency is failing (the detail says which)", body = Problem, content_type = "application/problem+json"),
     ))]
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<HealthState>) -> Response {
     if state.shutdown.is_draining() {
         return not_ready("shutting down".to_owned());
     }
@@ -124,10 +148,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
             }
         }),
         tokio::time::timeout(CHECK_TIMEOUT, state.jobs.store().stats()),
-        state.users.cache().check(),
+        state.cache.check(),
     );
     let cache = CacheDetail {
-        backend: state.users.cache().backend(),
+        backend: state.cache.backend(),
         status: if matches!(cache, Some(Err(_))) {
             "down"
         } else {

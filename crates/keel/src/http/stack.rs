@@ -26,12 +26,16 @@ use crate::{
     config::Config,
     error::ApiError,
     metrics::{Metrics, MetricsLayer},
-    ratelimit::{RateLimitLayer, RateLimits},
-    server::Shutdown,
-    telemetry::RequestLogLayer,
+    shutdown::Shutdown,
 };
 
-use super::{problem::ProblemLayer, request_id, security_headers};
+use super::{
+    problem::ProblemLayer,
+    ratelimit::{RateLimitLayer, RateLimits},
+    request_id,
+    request_log::RequestLogLayer,
+    security_headers,
+};
 
 /// Wraps every route of `router` in keel's middleware, outermost first:
 /// metrics (when on) → connection closing while draining → request id → request log →
@@ -172,8 +176,8 @@ fn cors(config: &Config) -> Option<CorsLayer> {
                 header::LOCATION,
                 header::LINK,
                 header::RETRY_AFTER,
-                crate::ratelimit::layer::RATELIMIT,
-                crate::ratelimit::layer::RATELIMIT_POLICY,
+                crate::error::RATELIMIT,
+                crate::error::RATELIMIT_POLICY,
                 request_id::X_REQUEST_ID,
             ])
             .max_age(Duration::from_secs(600)),

@@ -46,7 +46,7 @@ use crate::{
         NoCompression,
         conditional::{ETag, IfMatch, IfNoneMatch},
     },
-    server::Shutdown,
+    shutdown::Shutdown,
 };
 
 /// Largest file preloaded into memory (1 MiB); larger files are streamed from disk.

@@ -13,6 +13,8 @@
 
 mod store;
 
+use std::{sync::Arc, time::Duration};
+
 use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
@@ -23,9 +25,10 @@ use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    auth::bearer_token,
+    auth::{Auth, bearer_token},
+    config::Config,
+    db::Db,
     error::{ApiError, FieldError, InputLocation},
-    server::AppState,
 };
 
 pub use store::purge_expired;
@@ -45,8 +48,37 @@ const KEPT_HEADERS: [HeaderName; 4] = [
     header::LINK,
 ];
 
+/// What the middleware keeps and reads.
+#[derive(Clone)]
+pub struct Idempotency {
+    db: Db,
+    auth: Arc<Auth>,
+    body_limit: usize,
+    ttl: Duration,
+    lock: Duration,
+}
+
+impl Idempotency {
+    /// Keys stored in `db`, scoped by the tokens `auth` verifies, with the limits of
+    /// `config`.
+    pub fn new(db: Db, auth: Arc<Auth>, config: &Config) -> Self {
+        Self {
+            db,
+            auth,
+            body_limit: config.body_limit,
+            ttl: config.idempotency_ttl(),
+            // A first request whose instance died is taken over after this.
+            lock: config.request_timeout() * 2,
+        }
+    }
+}
+
 /// Middleware: applies idempotency to `POST` requests that carry the header.
-pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn middleware(
+    State(state): State<Idempotency>,
+    request: Request,
+    next: Next,
+) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }
@@ -75,13 +107,13 @@ fn valid_key(value: &HeaderValue) -> Option<String> {
 }
 
 async fn run(
-    state: &AppState,
+    state: &Idempotency,
     key: String,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, state.config.body_limit)
+    let bytes = axum::body::to_bytes(body, state.body_limit)
         .await
         .map_err(|_| ApiError::Http {
             status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,9 +121,7 @@ async fn run(
         })?;
     let fingerprint = fingerprint(&parts, &bytes);
     let key = format!("{}{key}", scope(state, &parts));
-    let ttl = state.config.idempotency_ttl();
-    let lock = state.config.request_timeout() * 2;
-    match store::begin(&state.db, &key, &fingerprint, lock, ttl).await? {
+    match store::begin(&state.db, &key, &fingerprint, state.lock, state.ttl).await? {
         Begin::Replay(saved) => return Ok(replay(saved)),
         Begin::Mismatch => return Err(ApiError::IdempotencyKeyReused),
         Begin::InProgress => {
@@ -137,7 +167,7 @@ async fn run(
 }
 
 /// Whose key it is: `user:<id>:` for a valid access token, `anon:` otherwise.
-fn scope(state: &AppState, parts: &http::request::Parts) -> String {
+fn scope(state: &Idempotency, parts: &http::request::Parts) -> String {
     parts
         .headers
         .get(header::AUTHORIZATION)

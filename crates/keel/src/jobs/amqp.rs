@@ -41,7 +41,7 @@ use tracing::{Instrument, Span};
 use crate::{
     config::Config,
     db::Db,
-    server::Shutdown,
+    shutdown::Shutdown,
     telemetry::otel::{self, TRACEPARENT},
 };
 

@@ -14,6 +14,7 @@
 //! attempt's outcome.
 
 pub mod amqp;
+mod gauges;
 mod routes;
 pub mod store;
 pub mod worker;
@@ -245,9 +246,13 @@ impl Jobs {
         }
     }
 
-    /// The same queue, its workers counting finished attempts in `metrics`.
+    /// The same queue, its workers counting finished attempts in `metrics`, and its depth
+    /// registered there to be read at every scrape (call it once per process).
     #[must_use]
     pub fn with_metrics(self, metrics: Option<Arc<Metrics>>) -> Self {
+        if let Some(metrics) = &metrics {
+            gauges::register(metrics, self.store.clone());
+        }
         Self { metrics, ..self }
     }
 

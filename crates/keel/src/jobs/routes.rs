@@ -1,8 +1,10 @@
 //! `/jobs`: the admin API of the job queue.
 
+use std::sync::Arc;
+
 use axum::{
     Json,
-    extract::State,
+    extract::{FromRef, State},
     response::{IntoResponse, Response},
 };
 use http::StatusCode;
@@ -11,19 +13,23 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::Admin,
+    auth::{Admin, Auth},
     error::{ApiError, Problem},
     http::{
         extract::{QueryPairs, UuidParam},
         pagination::{self, PageRequest},
     },
-    server::AppState,
 };
 
-use super::{Job, JobQuery, JobState};
+use super::{Job, JobQuery, JobState, Jobs};
 
 /// The jobs routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Jobs: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(list_jobs))
         .routes(routes!(get_job))
@@ -65,7 +71,7 @@ pub struct JobList {
     )
 )]
 async fn list_jobs(
-    State(state): State<AppState>,
+    State(jobs): State<Jobs>,
     _admin: Admin,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
@@ -82,8 +88,7 @@ async fn list_jobs(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let (items, more) = state
-        .jobs
+    let (items, more) = jobs
         .store()
         .list(&JobQuery {
             state: job_state,
@@ -120,11 +125,11 @@ async fn list_jobs(
     )
 )]
 async fn get_job(
-    State(state): State<AppState>,
+    State(jobs): State<Jobs>,
     _admin: Admin,
     UuidParam(id): UuidParam,
 ) -> Result<Json<Job>, ApiError> {
-    state.jobs.store().get(id).await?.map(Json).ok_or(NOT_FOUND)
+    jobs.store().get(id).await?.map(Json).ok_or(NOT_FOUND)
 }
 
 /// Queue a dead job again, with fresh attempts (admins only).
@@ -144,11 +149,11 @@ async fn get_job(
     )
 )]
 async fn retry_job(
-    State(state): State<AppState>,
+    State(jobs): State<Jobs>,
     _admin: Admin,
     UuidParam(id): UuidParam,
 ) -> Result<Response, ApiError> {
-    let store = state.jobs.store();
+    let store = jobs.store();
     match store.retry_dead(id).await? {
         None => return Err(NOT_FOUND),
         Some(false) => {
@@ -160,7 +165,7 @@ async fn retry_job(
         }
         Some(true) => {}
     }
-    state.jobs.wake();
+    jobs.wake();
     let job = store.get(id).await?.ok_or(NOT_FOUND)?;
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }

@@ -1,10 +1,10 @@
 //! The `jobs` table: enqueueing, claiming, outcomes and the admin API's reads.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    db::{Db, DbError, FromRow, Param, Row, Tx},
+    db::{Db, DbError, FromRow, Param, Row, Tx, now},
     http::pagination::Cursor,
     telemetry::otel,
 };
@@ -13,11 +13,6 @@ use super::{Job, JobContext, JobError, JobState, NewJob};
 
 const COLUMNS: &str = "id, kind, payload, state, attempts, max_attempts, run_at, \
     idempotency_key, last_error, created_at, updated_at, finished_at";
-
-/// Timestamps to the microsecond, as PostgreSQL keeps them.
-pub(crate) fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
 
 impl FromRow for Job {
     fn from_row(row: &impl Row) -> Result<Self, DbError> {

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::{
     config::Config,
     metrics::{JobOutcome, Metrics},
-    server::Shutdown,
+    shutdown::Shutdown,
     telemetry::otel,
 };
 
@@ -315,7 +315,7 @@ impl Executor {
 
 /// When a job waiting `delay` from now is due.
 pub(super) fn run_at(delay: Duration) -> chrono::DateTime<chrono::Utc> {
-    let now = super::store::now();
+    let now = crate::db::now();
     chrono::Duration::from_std(delay)
         .ok()
         .and_then(|delay| now.checked_add_signed(delay))

@@ -3,24 +3,31 @@
 //!
 //! Every keel process has its own [`Metrics`] (an explicit registry, no global state), which
 //! the features that count reach as an `Option<Arc<Metrics>>`: without metrics, recording is
-//! one `None` check. Counters and histograms are updated as things happen; the database
-//! pool and the job queue are read when Prometheus scrapes. Labels take a bounded set of
+//! one `None` check. Counters and histograms are updated as things happen. What is read
+//! when Prometheus scrapes (the database pool, the job queue) is registered by its owner:
+//! families with [`Metrics::register`] and a [`Collect`] that refreshes them with
+//! [`Metrics::on_scrape`], so this module knows no feature. Labels take a bounded set of
 //! values: route templates (never paths), status classes, job kinds that have a handler.
 
 mod http;
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
 
 use anyhow::Context;
 use axum::{Router, extract::State, response::IntoResponse, routing::get};
+use futures_util::future::BoxFuture;
 use prometheus_client::{
     encoding::{EncodeLabelSet, prometheus_text},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::{config::Config, db::Db, jobs::store::JobStore};
+use crate::config::Config;
 
 pub use http::{MetricsLayer, NestedRoute};
 
@@ -43,12 +50,6 @@ struct RequestLabels {
     method: &'static str,
     route: String,
     status_class: &'static str,
-}
-
-/// One label, `state`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabel {
-    state: &'static str,
 }
 
 /// `kind` and `outcome` of a finished job attempt.
@@ -83,23 +84,31 @@ struct BuildLabels {
     version: &'static str,
 }
 
+/// Refreshes gauges of its owner's when Prometheus scrapes (the pool's size, the queue's
+/// depth), before the families are encoded.
+pub trait Collect: Send + Sync {
+    /// Reads the current state into the gauges registered with it.
+    fn collect(&self) -> BoxFuture<'_, ()>;
+}
+
 /// The metrics of one keel process.
-#[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    registry: Mutex<Registry>,
+    collectors: Mutex<Vec<Arc<dyn Collect>>>,
     requests: Histograms<RequestLabels>,
     active_requests: Gauge,
     queries: Histogram,
-    pool_connections: Family<StateLabel, Gauge>,
-    pool_max: Gauge,
-    pool_waiting: Gauge,
-    jobs: Family<StateLabel, Gauge>,
-    oldest_job: Gauge<f64, std::sync::atomic::AtomicU64>,
     jobs_finished: Family<JobLabels, Counter>,
     streams: Family<TransportLabel, Gauge>,
     slow_consumers: Family<TransportLabel, Counter>,
     cache_requests: Family<CacheLabels, Counter>,
     rate_limited: Family<PolicyLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -130,36 +139,6 @@ impl Metrics {
             "keel_db_query_duration_seconds",
             "Time a database statement took, waiting for a connection included (BEGIN and COMMIT are statements)",
             queries.clone(),
-        );
-        let pool_connections = Family::<StateLabel, Gauge>::default();
-        registry.register(
-            "keel_db_pool_connections",
-            "Open database connections, in_use or idle",
-            pool_connections.clone(),
-        );
-        let pool_max = Gauge::default();
-        registry.register(
-            "keel_db_pool_max_connections",
-            "Connections the database pool opens at most",
-            pool_max.clone(),
-        );
-        let pool_waiting = Gauge::default();
-        registry.register(
-            "keel_db_pool_waiting",
-            "Tasks waiting for a database connection (PostgreSQL; always 0 on SQLite, whose pool does not say)",
-            pool_waiting.clone(),
-        );
-        let jobs = Family::<StateLabel, Gauge>::default();
-        registry.register(
-            "keel_jobs",
-            "Jobs by state: queued (due, waiting for a worker), running, dead",
-            jobs.clone(),
-        );
-        let oldest_job = Gauge::default();
-        registry.register(
-            "keel_jobs_oldest_queued_age_seconds",
-            "How long the oldest due job has waited for a worker (0 when none waits)",
-            oldest_job.clone(),
         );
         let jobs_finished = Family::<JobLabels, Counter>::default();
         registry.register(
@@ -199,15 +178,11 @@ impl Metrics {
             .set(1);
         registry.register("keel_build_info", "keel's version; always 1", build);
         let metrics = Self {
-            registry,
+            registry: Mutex::new(registry),
+            collectors: Mutex::new(Vec::new()),
             requests,
             active_requests,
             queries,
-            pool_connections,
-            pool_max,
-            pool_waiting,
-            jobs,
-            oldest_job,
             jobs_finished,
             streams,
             slow_consumers,
@@ -236,11 +211,23 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
-        for state in ["in_use", "idle"] {
-            self.pool_connections
-                .get_or_create(&StateLabel { state })
-                .set(0);
-        }
+    }
+
+    /// Adds a family that its owner keeps up to date (with a [`Collect`] when it is read at
+    /// scrape time).
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register(name, help, metric);
+    }
+
+    /// Runs `collector` before every scrape is encoded.
+    pub fn on_scrape(&self, collector: Arc<dyn Collect>) {
+        self.collectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(collector);
     }
 
     /// Counts one attempt of a job of `kind` (one that has a handler) that ended with
@@ -271,34 +258,15 @@ impl Metrics {
             .inc();
     }
 
-    /// Reads the pool and the job queue, then renders every family.
-    pub async fn render(&self, db: &Db, jobs: &JobStore) -> String {
-        let pool = db.pool_status();
-        let in_use = pool.open.saturating_sub(pool.idle);
-        self.pool_connections
-            .get_or_create(&StateLabel { state: "in_use" })
-            .set(gauge_value(in_use));
-        self.pool_connections
-            .get_or_create(&StateLabel { state: "idle" })
-            .set(gauge_value(pool.idle));
-        self.pool_max.set(gauge_value(pool.max));
-        self.pool_waiting.set(gauge_value(pool.waiting));
-        match jobs.stats().await {
-            Ok(stats) => {
-                for (state, count) in [
-                    ("queued", stats.depth),
-                    ("running", stats.running),
-                    ("dead", stats.dead),
-                ] {
-                    self.jobs.get_or_create(&StateLabel { state }).set(count);
-                }
-                let age = stats
-                    .oldest_age
-                    .and_then(|age| age.to_std().ok())
-                    .map_or(0.0, |age| age.as_secs_f64());
-                self.oldest_job.set(age);
-            }
-            Err(error) => tracing::warn!(%error, "cannot read the job queue for /metrics"),
+    /// Runs the collectors, then renders every family.
+    pub async fn render(&self) -> String {
+        let collectors = self
+            .collectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for collector in collectors {
+            collector.collect().await;
         }
         self.encode()
     }
@@ -306,7 +274,8 @@ impl Metrics {
     /// Every family in the text format.
     fn encode(&self) -> String {
         let mut text = String::new();
-        if let Err(error) = prometheus_text::encode(&mut text, &self.registry) {
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(error) = prometheus_text::encode(&mut text, &registry) {
             tracing::error!(%error, "cannot encode the metrics");
         }
         text
@@ -314,7 +283,7 @@ impl Metrics {
 }
 
 /// A count as a gauge value.
-fn gauge_value(count: usize) -> i64 {
+pub fn gauge_value(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
@@ -419,12 +388,10 @@ impl QueryTimer {
 #[derive(Clone)]
 struct Scrape {
     metrics: Arc<Metrics>,
-    db: Db,
-    jobs: JobStore,
 }
 
 async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
-    let text = scrape.metrics.render(&scrape.db, &scrape.jobs).await;
+    let text = scrape.metrics.render().await;
     (
         [(::http::header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
         text,
@@ -464,17 +431,14 @@ impl MetricsListener {
         self.listener.local_addr()
     }
 
-    /// Serves the metrics, with the pool and job queue of `db` read at each scrape, until
+    /// Serves the metrics, running the collectors at each scrape, until
     /// [`MetricsServer::stop`].
-    pub fn serve(self, db: Db) -> MetricsServer {
+    pub fn serve(self) -> MetricsServer {
         let (stop, stopped) = oneshot::channel::<()>();
-        let jobs = JobStore::new(db.clone());
         let router = Router::new()
             .route("/metrics", get(scrape))
             .with_state(Scrape {
                 metrics: self.metrics,
-                db,
-                jobs,
             });
         let listener = self.listener;
         let task = tokio::spawn(async move {

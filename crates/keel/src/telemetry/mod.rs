@@ -1,7 +1,7 @@
 //! Logs and traces.
 //!
 //! Logging: `RUST_LOG` filters by module, and an admin can change the filter while the
-//! process runs ([`routes`]); `LOG_FORMAT=json` gives [one JSON object a line](json). Lines are formatted on the thread that logs them and written to stdout by a
+//! process runs (the `log_filter` feature, through [`filter`]); `LOG_FORMAT=json` gives [one JSON object a line](json). Lines are formatted on the thread that logs them and written to stdout by a
 //! background thread, so a request never waits on the terminal, a pipe or a disk, and lines
 //! that pile up while it writes go out together in one write. Colours are used only on a
 //! terminal.
@@ -13,8 +13,6 @@
 pub mod filter;
 mod json;
 pub mod otel;
-mod request;
-pub mod routes;
 
 use std::io::{BufWriter, IsTerminal};
 
@@ -23,8 +21,6 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::level_filters::LevelFilter;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{EnvFilter, Layer as _, filter::Targets, fmt, prelude::*};
-
-pub use request::{RequestLog, RequestLogFuture, RequestLogLayer};
 
 use crate::config::LogFormat;
 

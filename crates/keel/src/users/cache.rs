@@ -178,7 +178,7 @@ impl UserCache {
 
     /// Without Redis, drops the entries that other instances' writes made stale, as the
     /// event log reports them, until shutdown.
-    pub async fn follow_changes(self, events: EventHub, shutdown: crate::server::Shutdown) {
+    pub async fn follow_changes(self, events: EventHub, shutdown: crate::shutdown::Shutdown) {
         let Backend::Memory(cache) = self.0 else {
             return;
         };

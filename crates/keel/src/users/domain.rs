@@ -9,7 +9,7 @@ use uuid::Uuid;
 use validator::ValidateEmail;
 
 use crate::{
-    auth::password::Password,
+    auth::{Role, password::Password},
     error::FieldError,
     http::extract::{FromJson, Invalid, ObjectReader, string},
 };
@@ -83,35 +83,6 @@ impl UserName {
     /// The trimmed name.
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-/// What an account may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything, on every account.
-    Admin,
-    /// Reads and changes its own record only.
-    User,
-}
-
-impl Role {
-    /// The stored and serialized name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::User => "user",
-        }
-    }
-
-    /// Reads a stored or serialized name.
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "admin" => Some(Self::Admin),
-            "user" => Some(Self::User),
-            _ => None,
-        }
     }
 }
 

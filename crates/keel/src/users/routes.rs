@@ -1,8 +1,10 @@
 //! `/users`: create, read, list, update and delete users.
 
+use std::sync::Arc;
+
 use axum::{
     Json,
-    extract::State,
+    extract::{FromRef, State},
     response::{IntoResponse, Response},
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,20 +14,20 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     audit::{Audit, AuditKind},
-    auth::{Admin, Principal},
+    auth::{Admin, Auth, Principal, Role},
     error::{ApiError, Problem},
     http::{
         conditional::{ETag, IfMatch, IfNoneMatch},
         extract::{QueryPairs, UuidParam, ValidJson},
         pagination::{self, PageRequest},
+        ratelimit::ClientIp,
     },
-    ratelimit::ClientIp,
-    server::AppState,
 };
 
 use super::{
+    UsersState, VERIFY_ADDRESS_JOB,
     domain::{
-        CreateUserRequest, EMAIL_MAX_CHARS, NewUser, OwnChanges, Role, UpdateMeRequest,
+        CreateUserRequest, EMAIL_MAX_CHARS, NewUser, OwnChanges, UpdateMeRequest,
         UpdateUserRequest, User, UserChanges,
     },
     store::{ListQuery, StoreError},
@@ -36,7 +38,12 @@ use super::{
 const WRITE_ATTEMPTS: usize = 5;
 
 /// The users routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    UsersState: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(create_user, list_users))
         .routes(routes!(get_me, update_me))
@@ -110,7 +117,7 @@ fn user_response(status: StatusCode, user: &User, extra: HeaderMap) -> Response 
     )
 )]
 async fn create_user(
-    State(state): State<AppState>,
+    State(state): State<UsersState>,
     Admin(admin): Admin,
     ClientIp(ip): ClientIp,
     ValidJson(new): ValidJson<NewUser>,
@@ -160,7 +167,7 @@ async fn create_user(
     )
 )]
 async fn get_user(
-    State(state): State<AppState>,
+    State(state): State<UsersState>,
     principal: Principal,
     UuidParam(id): UuidParam,
     if_none_match: IfNoneMatch,
@@ -209,7 +216,7 @@ pub struct UserPage {
     )
 )]
 async fn list_users(
-    State(state): State<AppState>,
+    State(state): State<UsersState>,
     _admin: Admin,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
@@ -260,7 +267,7 @@ async fn list_users(
     )
 )]
 async fn update_user(
-    State(state): State<AppState>,
+    State(state): State<UsersState>,
     principal: Principal,
     ClientIp(ip): ClientIp,
     UuidParam(id): UuidParam,
@@ -294,7 +301,7 @@ async fn update_user(
 /// Applies `changes` to user `id` under `if_match`, retrying when another write slips in;
 /// returns the revision it changed and the new one.
 async fn apply(
-    state: &AppState,
+    state: &UsersState,
     id: uuid::Uuid,
     if_match: &IfMatch,
     changes: &UserChanges,
@@ -324,11 +331,8 @@ async fn apply(
 
 /// Sends a verification e-mail to a changed address. A failure here is only logged: the
 /// change is made, and `POST /auth/verify-email/resend` sends the e-mail again.
-async fn verify_new_address(state: &AppState, id: uuid::Uuid) {
-    let job = crate::jobs::NewJob::new(
-        crate::auth::email_flows::VERIFY,
-        serde_json::json!({ "user_id": id }),
-    );
+async fn verify_new_address(state: &UsersState, id: uuid::Uuid) {
+    let job = crate::jobs::NewJob::new(VERIFY_ADDRESS_JOB, serde_json::json!({ "user_id": id }));
     if let Err(error) = state.jobs.enqueue(job).await {
         tracing::warn!(%error, user_id = %id, "cannot queue the verification of a new address");
     }
@@ -347,7 +351,10 @@ async fn verify_new_address(state: &AppState, id: uuid::Uuid) {
         (status = 404, description = "The account was deleted", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn get_me(State(state): State<AppState>, principal: Principal) -> Result<Response, ApiError> {
+async fn get_me(
+    State(state): State<UsersState>,
+    principal: Principal,
+) -> Result<Response, ApiError> {
     let user = state
         .users
         .get_cached(principal.user_id)
@@ -382,7 +389,7 @@ async fn get_me(State(state): State<AppState>, principal: Principal) -> Result<R
     )
 )]
 async fn update_me(
-    State(state): State<AppState>,
+    State(state): State<UsersState>,
     principal: Principal,
     ClientIp(ip): ClientIp,
     if_match: IfMatch,
@@ -451,7 +458,7 @@ async fn update_me(
     )
 )]
 async fn delete_user(
-    State(state): State<AppState>,
+    State(state): State<UsersState>,
     principal: Principal,
     UuidParam(id): UuidParam,
     if_match: IfMatch,

@@ -2,21 +2,21 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
 use crate::{
+    auth::Role,
     db::{
         Db, DbError, FromRow, Param, Row, Tx,
         batch::{BatchLost, Batcher},
-        values,
+        now, values,
     },
     http::pagination::Cursor,
 };
 
 use super::{
     cache::{Lookup, UserCache},
-    domain::{NewUser, Role, User, UserChanges},
+    domain::{NewUser, User, UserChanges},
 };
 
 /// Why a write was refused.
@@ -64,12 +64,6 @@ impl FromRow for User {
             updated_at: row.get("updated_at")?,
         })
     }
-}
-
-/// Timestamps are kept to the microsecond, PostgreSQL's precision, so what a write
-/// answers is exactly what a later read returns.
-fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
 }
 
 /// The first revision of the user `new` describes, with a fresh id.

@@ -11,7 +11,12 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use crate::{events::EventLog, server::AppState};
+use crate::{
+    db::Db,
+    events::{EventHub, EventLog},
+    jobs::Jobs,
+    shutdown::Shutdown,
+};
 
 use super::{
     DELIVER, WebhookStore,
@@ -29,8 +34,20 @@ const MIN_ROUND: Duration = Duration::from_millis(100);
 /// instance ran, and to retry after a failure).
 const IDLE_ROUND: Duration = Duration::from_secs(5);
 
+/// What dispatching reads and writes.
+pub struct Dispatcher {
+    /// Endpoints, deliveries and the cursor.
+    pub db: Db,
+    /// The events to dispatch.
+    pub events: EventHub,
+    /// The queue the deliveries go to.
+    pub jobs: Jobs,
+    /// Dispatching stops when shutdown begins.
+    pub shutdown: Shutdown,
+}
+
 /// Dispatches events to webhooks until shutdown.
-pub async fn run(state: AppState) {
+pub async fn run(state: Dispatcher) {
     let store = WebhookStore::new(state.db.clone());
     let (mut receiver, _) = state.events.subscribe();
     loop {
@@ -59,7 +76,7 @@ pub async fn run(state: AppState) {
 }
 
 /// Dispatches the events up to `upto` that no instance has dispatched yet.
-async fn dispatch(state: &AppState, store: &WebhookStore, upto: i64) -> Result<(), StoreError> {
+async fn dispatch(state: &Dispatcher, store: &WebhookStore, upto: i64) -> Result<(), StoreError> {
     loop {
         // Without the lock first: usually another instance has dispatched them already.
         if store.cursor().await? >= upto {

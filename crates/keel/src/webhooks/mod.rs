@@ -22,9 +22,20 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use deliver::register_handler;
-pub use dispatch::run as dispatch;
+pub use dispatch::{Dispatcher, run as dispatch};
 pub use routes::router;
 pub use store::WebhookStore;
+
+/// What the webhook routes reach.
+#[derive(Clone)]
+pub struct WebhooksState {
+    /// Endpoints and deliveries.
+    pub db: crate::db::Db,
+    /// The queue a replayed delivery goes to.
+    pub jobs: crate::jobs::Jobs,
+    /// Production refuses plain-HTTP endpoints.
+    pub environment: crate::config::Environment,
+}
 
 /// The job kind of a delivery.
 pub const DELIVER: &str = "webhook.deliver";

@@ -1,11 +1,11 @@
 //! `/webhooks`: registering endpoints and reading and replaying their deliveries (admins
 //! only).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use axum::{
     Json,
-    extract::State,
+    extract::{FromRef, State},
     response::{IntoResponse, Response},
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,26 +16,30 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::Admin,
+    auth::{Admin, Auth},
     config::Environment,
     error::{ApiError, FieldError, InputLocation, Problem},
-    events::stream::{MAX_PATTERNS, Patterns},
+    events::{MAX_PATTERNS, Patterns},
     http::{
         extract::{
             FromJson, Invalid, ObjectReader, QueryPairs, UuidPair, UuidParam, ValidJson, string,
         },
         pagination::{self, PageRequest},
     },
-    server::AppState,
 };
 
 use super::{
-    CreatedWebhook, Delivery, DeliveryState, Webhook, WebhookStore,
+    CreatedWebhook, Delivery, DeliveryState, Webhook, WebhookStore, WebhooksState,
     store::{NewWebhook, StoreError, WebhookChanges},
 };
 
 /// The webhook routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    WebhooksState: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(create_webhook, list_webhooks))
         .routes(routes!(get_webhook, update_webhook, delete_webhook))
@@ -61,7 +65,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn store(state: &AppState) -> WebhookStore {
+fn store(state: &WebhooksState) -> WebhookStore {
     WebhookStore::new(state.db.clone())
 }
 
@@ -251,11 +255,10 @@ impl FromJson for WebhookChanges {
 }
 
 /// Production sends signed events over TLS only.
-fn require_tls(state: &AppState, url: Option<&str>) -> Result<(), ApiError> {
+fn require_tls(state: &WebhooksState, url: Option<&str>) -> Result<(), ApiError> {
     match url {
         Some(url)
-            if state.config.environment == Environment::Production
-                && !url.starts_with("https://") =>
+            if state.environment == Environment::Production && !url.starts_with("https://") =>
         {
             Err(ApiError::invalid(FieldError::new(
                 InputLocation::Body,
@@ -285,7 +288,7 @@ fn require_tls(state: &AppState, url: Option<&str>) -> Result<(), ApiError> {
     )
 )]
 async fn create_webhook(
-    State(state): State<AppState>,
+    State(state): State<WebhooksState>,
     _admin: Admin,
     ValidJson(new): ValidJson<NewWebhook>,
 ) -> Result<Response, ApiError> {
@@ -326,7 +329,7 @@ pub struct WebhookList {
     )
 )]
 async fn list_webhooks(
-    State(state): State<AppState>,
+    State(state): State<WebhooksState>,
     _admin: Admin,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
@@ -357,7 +360,7 @@ async fn list_webhooks(
     )
 )]
 async fn get_webhook(
-    State(state): State<AppState>,
+    State(state): State<WebhooksState>,
     _admin: Admin,
     UuidParam(id): UuidParam,
 ) -> Result<Json<Webhook>, ApiError> {
@@ -381,7 +384,7 @@ async fn get_webhook(
     )
 )]
 async fn update_webhook(
-    State(state): State<AppState>,
+    State(state): State<WebhooksState>,
     _admin: Admin,
     UuidParam(id): UuidParam,
     ValidJson(changes): ValidJson<WebhookChanges>,
@@ -410,7 +413,7 @@ async fn update_webhook(
     )
 )]
 async fn delete_webhook(
-    State(state): State<AppState>,
+    State(state): State<WebhooksState>,
     _admin: Admin,
     UuidParam(id): UuidParam,
 ) -> Result<StatusCode, ApiError> {
@@ -452,7 +455,7 @@ pub struct DeliveryList {
     )
 )]
 async fn list_deliveries(
-    State(state): State<AppState>,
+    State(state): State<WebhooksState>,
     _admin: Admin,
     UuidParam(id): UuidParam,
     query: QueryPairs,
@@ -508,7 +511,7 @@ async fn list_deliveries(
     )
 )]
 async fn get_delivery(
-    State(state): State<AppState>,
+    State(state): State<WebhooksState>,
     _admin: Admin,
     UuidPair(id, delivery_id): UuidPair,
 ) -> Result<Json<Delivery>, ApiError> {
@@ -540,7 +543,7 @@ async fn get_delivery(
     )
 )]
 async fn replay_delivery(
-    State(state): State<AppState>,
+    State(state): State<WebhooksState>,
     _admin: Admin,
     UuidPair(id, delivery_id): UuidPair,
 ) -> Result<Response, ApiError> {

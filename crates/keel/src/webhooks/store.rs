@@ -5,10 +5,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    db::{Db, DbError, FromRow, Param, Row, Tx},
-    events::{Published, stream::Patterns},
+    db::{Db, DbError, FromRow, Param, Row, Tx, now},
+    events::{Patterns, Published},
     http::pagination::Cursor,
-    jobs::{JobError, Jobs, NewJob, store::now},
+    jobs::{JobError, Jobs, NewJob},
 };
 
 use super::{CreatedWebhook, DELIVER, Delivery, DeliveryState, Webhook, signing};

@@ -10,10 +10,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use keel::{
-    config::Config,
-    server::{Server, Shutdown},
-};
+use keel::{config::Config, server::Server, shutdown::Shutdown};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::State,
+    extract::{FromRef, State},
     response::{IntoResponse, Response},
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,21 +10,31 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use std::sync::Arc;
+
 use crate::{
     audit::{Audit, AuditKind},
+    auth::{
+        Auth, INVALID_CREDENTIALS, Principal, Role, TokenPair, keys::Jwks, password::Password,
+        sessions::Refresh,
+    },
     error::{ApiError, FieldError, Problem},
-    http::extract::{FromJson, Invalid, ObjectReader, ValidJson, string},
-    ratelimit::ClientIp,
-    server::AppState,
-    users::domain::{NewUser, Registration, Role, User},
+    http::{
+        extract::{FromJson, Invalid, ObjectReader, ValidJson, string},
+        ratelimit::ClientIp,
+    },
+    users::domain::{NewUser, Registration, User},
 };
 
-use super::{
-    INVALID_CREDENTIALS, Principal, TokenPair, keys::Jwks, password::Password, sessions::Refresh,
-};
+use super::AccountsState;
 
 /// The accounts routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AccountsState: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
@@ -171,7 +181,7 @@ impl FromJson for RefreshBody {
     )
 )]
 async fn register(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     ClientIp(ip): ClientIp,
     ValidJson(registration): ValidJson<Registration>,
 ) -> Result<Response, ApiError> {
@@ -200,7 +210,9 @@ async fn register(
         .record(Audit::new(AuditKind::Registered, Some(user.id), Some(ip)))
         .await;
     let (session, refresh_token) = state.auth.sessions.start(user.id).await?;
-    let tokens = state.auth.pair(&user, session, refresh_token)?;
+    let tokens = state
+        .auth
+        .pair(user.id, user.role, session, refresh_token)?;
     let mut headers = no_store();
     if let Ok(location) = HeaderValue::from_str(&format!("/users/{}", user.id)) {
         headers.insert(header::LOCATION, location);
@@ -238,7 +250,7 @@ fn no_store() -> HeaderMap {
     )
 )]
 async fn login(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     ClientIp(ip): ClientIp,
     ValidJson(request): ValidJson<Login>,
 ) -> Result<Response, ApiError> {
@@ -270,7 +282,9 @@ async fn login(
             Some(ip),
         ))
         .await;
-    let tokens = state.auth.pair(user, session, refresh_token)?;
+    let tokens = state
+        .auth
+        .pair(user.id, user.role, session, refresh_token)?;
     Ok((no_store(), Json(tokens)).into_response())
 }
 
@@ -292,7 +306,7 @@ async fn login(
     )
 )]
 async fn refresh(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     ClientIp(ip): ClientIp,
     ValidJson(request): ValidJson<RefreshBody>,
 ) -> Result<Response, ApiError> {
@@ -315,7 +329,9 @@ async fn refresh(
     let Some(user) = state.users.get(session.user_id).await? else {
         return Err(INVALID_REFRESH);
     };
-    let tokens = state.auth.pair(&user, session.family_id, token)?;
+    let tokens = state
+        .auth
+        .pair(user.id, user.role, session.family_id, token)?;
     Ok((no_store(), Json(tokens)).into_response())
 }
 
@@ -333,7 +349,7 @@ async fn refresh(
     )
 )]
 async fn logout(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     ClientIp(ip): ClientIp,
     principal: Principal,
 ) -> Result<StatusCode, ApiError> {
@@ -362,7 +378,7 @@ async fn logout(
     )
 )]
 async fn logout_all(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     ClientIp(ip): ClientIp,
     principal: Principal,
 ) -> Result<StatusCode, ApiError> {
@@ -391,7 +407,7 @@ async fn logout_all(
     tag = "auth",
     responses((status = 200, description = "The key set", body = Jwks))
 )]
-async fn jwks(State(state): State<AppState>) -> Response {
+async fn jwks(State(state): State<AccountsState>) -> Response {
     (
         [(header::CACHE_CONTROL, "public, max-age=300")],
         Json(state.auth.tokens.keys().jwks()),

@@ -15,9 +15,13 @@ use tower::{Layer, Service};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::http::request_id;
+use crate::telemetry::otel;
 
-use super::otel;
+use super::request_id;
+
+/// The target of the request span and line: the documented one, which `RUST_LOG` filters
+/// and log queries name, kept from when this module lived in `telemetry`.
+const TARGET: &str = "keel::telemetry::request";
 
 /// Logs one "request finished" line per request (method, route, request id, status,
 /// latency) and runs the request inside a `request` span carrying the same fields, so
@@ -72,6 +76,7 @@ fn request_span<B>(request: &Request<B>) -> Span {
         .map(MatchedPath::as_str);
     let method = request.method().as_str();
     let span = tracing::info_span!(
+        target: TARGET,
         "request",
         "http.request.method" = method,
         "http.route" = route,
@@ -145,6 +150,7 @@ where
                 }
             }
             tracing::info!(
+                target: TARGET,
                 status = status.as_u16(),
                 latency_ms = this.start.elapsed().as_secs_f64() * 1000.0,
                 "request finished"

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use askama::Template;
 use axum::{
     Json,
-    extract::State,
+    extract::{FromRef, State},
     response::{IntoResponse, Response},
 };
 use http::StatusCode;
@@ -19,32 +19,39 @@ use uuid::Uuid;
 
 use crate::{
     audit::{Audit, AuditKind},
+    auth::{Auth, Principal, password::Password},
     config::Config,
     db::Db,
     error::{ApiError, FieldError, Problem},
-    http::extract::{FromJson, Invalid, ObjectReader, ValidJson, string},
+    http::{
+        extract::{FromJson, Invalid, ObjectReader, ValidJson, string},
+        ratelimit::ClientIp,
+    },
     jobs::{Handlers, JobContext, NewJob},
     mail::{Email, Mailer},
-    ratelimit::ClientIp,
-    server::AppState,
     users::{domain::User, store::UserStore},
 };
 
 use super::{
-    Principal,
+    AccountsState,
     email_tokens::{EmailTokens, Purpose},
-    password::Password,
 };
 
 /// Job kind: the welcome message to a new account.
 pub const WELCOME: &str = "email.welcome";
-/// Job kind: a verification link to the account's address.
-pub const VERIFY: &str = "email.verify";
+/// Job kind: a verification link to the account's address (which the users feature queues
+/// too, when an address changes).
+pub const VERIFY: &str = crate::users::VERIFY_ADDRESS_JOB;
 /// Job kind: a password-reset link to an address, if an account has it.
 pub const PASSWORD_RESET: &str = "email.password_reset";
 
 /// The e-mail routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AccountsState: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(verify_email))
         .routes(routes!(resend_verification))
@@ -187,7 +194,7 @@ pub struct Accepted {
     )
 )]
 async fn verify_email(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     ClientIp(ip): ClientIp,
     ValidJson(request): ValidJson<VerifyEmailRequest>,
 ) -> Result<Json<User>, ApiError> {
@@ -228,7 +235,7 @@ async fn verify_email(
     )
 )]
 async fn resend_verification(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     principal: Principal,
 ) -> Result<Response, ApiError> {
     accepted(
@@ -241,7 +248,7 @@ async fn resend_verification(
 
 /// Queues the e-mail `job` and answers 202 with `detail`.
 async fn accepted(
-    state: &AppState,
+    state: &AccountsState,
     job: NewJob,
     detail: &'static str,
 ) -> Result<Response, ApiError> {
@@ -265,7 +272,7 @@ async fn accepted(
     )
 )]
 async fn forgot_password(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     ValidJson(request): ValidJson<ForgotPasswordRequest>,
 ) -> Result<Response, ApiError> {
     // The job looks the address up, so that this answer takes the same time either way.
@@ -295,7 +302,7 @@ async fn forgot_password(
     )
 )]
 async fn reset_password(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     ClientIp(ip): ClientIp,
     ValidJson(request): ValidJson<ResetPassword>,
 ) -> Result<StatusCode, ApiError> {

@@ -2,23 +2,27 @@
 //! runs (admins only). What `RUST_LOG` set at start-up until someone changes it; a restart
 //! goes back to `RUST_LOG`.
 
-use axum::Json;
+use std::sync::Arc;
+
+use axum::{Json, extract::FromRef};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::Admin,
+    auth::{Admin, Auth},
     error::{ApiError, FieldError, InputLocation, Problem},
     http::extract::{FromJson, Invalid, ObjectReader, ValidJson, string},
-    server::AppState,
+    telemetry::filter,
 };
 
-use super::filter;
-
 /// The log filter routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Auth>: FromRef<S>,
+{
     OpenApiRouter::new().routes(routes!(get_filter, set_filter))
 }
 

@@ -10,17 +10,15 @@ use axum::{
     body::Body,
     response::{IntoResponse, Response},
 };
-use http::{HeaderName, HeaderValue, Method, Request};
+use http::{HeaderValue, Method, Request};
 use tower::{Layer, Service};
 
-use crate::{error::ApiError, http::security_headers};
+use crate::{
+    error::{ApiError, RATELIMIT, RATELIMIT_POLICY},
+    http::security_headers,
+};
 
 use super::{ClientIp, RateLimits};
-
-/// `RateLimit-Policy`.
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit`.
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Routes that take credentials, which the strict limit also applies to (POST only).
 const CREDENTIAL_ROUTES: [&str; 7] = [

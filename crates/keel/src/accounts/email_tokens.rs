@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::db::{Db, DbError, FromRow, Row, Tx};
 
-use super::sessions::{digest, new_token};
+use crate::auth::sessions::{digest, new_token};
 
 /// What a token is for; a token of one purpose is worthless for the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl EmailTokens {
         ttl: Duration,
     ) -> Result<(String, DateTime<Utc>), DbError> {
         let token = new_token()?;
-        let now = crate::jobs::store::now();
+        let now = crate::db::now();
         let expires_at = chrono::Duration::from_std(ttl)
             .ok()
             .and_then(|ttl| now.checked_add_signed(ttl))
@@ -100,7 +100,7 @@ impl EmailTokens {
                 &[
                     &digest(token),
                     &purpose.as_str().to_owned(),
-                    &crate::jobs::store::now(),
+                    &crate::db::now(),
                 ],
             )
             .await
@@ -114,7 +114,7 @@ impl EmailTokens {
         token: &str,
         purpose: Purpose,
     ) -> Result<Option<Holder>, DbError> {
-        let now = crate::jobs::store::now();
+        let now = crate::db::now();
         tx.fetch_optional(
             "UPDATE email_tokens SET used_at = $1 WHERE token_hash = $2 AND purpose = $3 \
              AND used_at IS NULL AND expires_at > $1 RETURNING user_id, email",
@@ -137,7 +137,7 @@ impl EmailTokens {
         user_id: Uuid,
         purpose: Purpose,
     ) -> Result<(), DbError> {
-        let now = crate::jobs::store::now();
+        let now = crate::db::now();
         tx.execute(
             "UPDATE email_tokens SET used_at = $1 WHERE user_id = $2 AND purpose = $3 \
              AND used_at IS NULL",

@@ -199,11 +199,11 @@ impl Shared {
         }
     }
 
+    /// The account's key, its name hashed so that no e-mail address is stored in Redis.
     fn account_key(&self, account: &str) -> String {
-        self.redis.key(&format!(
-            "rl:account:{}",
-            crate::auth::sessions::digest(account)
-        ))
+        use sha2::{Digest, Sha256};
+        let digest = hex::encode(Sha256::digest(account.as_bytes()));
+        self.redis.key(&format!("rl:account:{digest}"))
     }
 }
 

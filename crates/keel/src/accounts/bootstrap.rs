@@ -5,14 +5,16 @@ use secrecy::ExposeSecret;
 
 use crate::{
     audit::{Audit, AuditKind, AuditLog},
+    auth::{
+        Role,
+        password::{Password, PasswordHasher},
+    },
     config::Config,
     users::{
-        domain::{Email, NewUser, Role, User, UserName},
+        domain::{Email, NewUser, User, UserName},
         store::{StoreError, UserStore},
     },
 };
-
-use super::password::{Password, PasswordHasher};
 
 /// Why an admin could not be created.
 #[derive(Debug, thiserror::Error)]
