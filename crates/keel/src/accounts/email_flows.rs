@@ -252,7 +252,7 @@ async fn accepted(
     job: NewJob,
     detail: &'static str,
 ) -> Result<Response, ApiError> {
-    state.jobs.enqueue(job).await.map_err(ApiError::internal)?;
+    state.jobs.enqueue(job).await?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { detail })).into_response())
 }
 

@@ -197,11 +197,7 @@ async fn register(
     let mut tx = state.db.begin().await?;
     let user = state.users.insert_in(&mut tx, &new, Some(hash)).await?;
     for job in super::email_flows::registration_jobs(user.id) {
-        state
-            .jobs
-            .enqueue_in(&mut tx, job)
-            .await
-            .map_err(ApiError::internal)?;
+        state.jobs.enqueue_in(&mut tx, job).await?;
     }
     tx.commit().await?;
     state.jobs.wake();

@@ -100,6 +100,44 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Whether the database could not be reached or is going away (refused or lost
+    /// connections, a pool that had none to give in time, a server shutting down or
+    /// starting up, a SQLite file that is locked or full): a condition that passes, which a
+    /// client should retry, as opposed to a fault in keel or in the data.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Postgres(error) => {
+                error.is_closed()
+                    || match error.code() {
+                        // Connection exceptions (class 08), and the server shutting down,
+                        // crashing or starting (57P01-57P03).
+                        Some(code) => {
+                            code.code().starts_with("08")
+                                || [
+                                    SqlState::ADMIN_SHUTDOWN,
+                                    SqlState::CRASH_SHUTDOWN,
+                                    SqlState::CANNOT_CONNECT_NOW,
+                                ]
+                                .contains(code)
+                        }
+                        // No SQLSTATE: the connection itself failed.
+                        None => true,
+                    }
+            }
+            Self::Sqlite(error) => match error {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+                // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_FULL and their extended codes.
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    let primary = code.parse::<u32>().map_or(0, |code| code & 0xff);
+                    matches!(primary, 5 | 6 | 13)
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Whether the statement broke a unique constraint.
     pub fn is_unique_violation(&self) -> bool {
         match self {

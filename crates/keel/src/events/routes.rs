@@ -79,8 +79,7 @@ where
         let principal = state
             .events_tickets
             .redeem(ticket, state.auth.tokens.ttl())
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .filter(|p| !state.auth.tokens.is_revoked(p.session))
             .ok_or(INVALID_TOKEN)?;
         Ok(Self(principal))
@@ -419,11 +418,7 @@ async fn create_ticket(
     State(state): State<EventsState>,
     principal: Principal,
 ) -> Result<Response, ApiError> {
-    let ticket = state
-        .events_tickets
-        .issue(&principal)
-        .await
-        .map_err(ApiError::internal)?;
+    let ticket = state.events_tickets.issue(&principal).await?;
     let body = Ticket {
         ticket,
         expires_in: state.events_tickets.ttl().as_secs(),

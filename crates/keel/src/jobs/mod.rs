@@ -36,6 +36,7 @@ use uuid::Uuid;
 use crate::{
     config::Config,
     db::{Db, DbError, Tx},
+    error::ApiError,
     metrics::Metrics,
 };
 
@@ -200,6 +201,16 @@ pub enum JobError {
     /// The payload cannot be stored.
     #[error("cannot encode the job payload: {0}")]
     Payload(#[from] serde_json::Error),
+}
+
+impl From<JobError> for ApiError {
+    #[track_caller]
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::Database(e) => e.into(),
+            JobError::Payload(_) => Self::internal(error),
+        }
+    }
 }
 
 /// Which queue carries the jobs.

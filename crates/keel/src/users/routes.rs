@@ -64,7 +64,7 @@ impl From<StoreError> for ApiError {
                 title: "Concurrent update",
                 detail: "the user kept changing while this request ran; try again".to_owned(),
             },
-            StoreError::Database(e) => ApiError::internal(e),
+            StoreError::Database(e) => e.into(),
             StoreError::Lost(e) => ApiError::internal(e),
         }
     }

@@ -61,7 +61,11 @@ const MAX_DESCRIPTION_CHARS: usize = 500;
 impl From<StoreError> for ApiError {
     #[track_caller]
     fn from(error: StoreError) -> Self {
-        Self::internal(error)
+        match error {
+            StoreError::Database(e) => e.into(),
+            StoreError::Job(e) => e.into(),
+            StoreError::Random(_) => Self::internal(error),
+        }
     }
 }
 
