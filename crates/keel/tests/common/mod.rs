@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod process;
+
 use std::{net::SocketAddr, path::PathBuf};
 
 use keel::{
@@ -466,6 +468,38 @@ pub async fn delete_queues(url: &str, prefix: &str) {
         }
     }
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// A test's PostgreSQL database (made by [`create_pg_database`]), dropped with this value.
+pub struct OwnedDatabase(pub Option<String>);
+
+impl Drop for OwnedDatabase {
+    fn drop(&mut self) {
+        if let Some(name) = self.0.take() {
+            drop_pg_database(name);
+        }
+    }
+}
+
+/// A test's RabbitMQ queues (under [`queue_prefix`]), deleted with this value.
+pub struct OwnedQueues {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Drop for OwnedQueues {
+    fn drop(&mut self) {
+        // Drop may run on the test's runtime, which cannot be blocked on: use a private one.
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(delete_queues(&url, &prefix));
+        })
+        .join();
+    }
 }
 
 /// Polls `probe` every 50 ms until it answers `Some`, for at most `seconds`.
