@@ -12,6 +12,7 @@
 ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
 
 # --- build -------------------------------------------------------------------------------
+# Bookworm: the glibc (2.36) of distroless cc-debian12, so the binary runs on it.
 FROM docker.io/library/rust:1.95-slim-bookworm AS chef
 # Debug info stripped (symbols kept, so panics still name their functions); set for the
 # dependencies' layer and the final build alike, or the second would rebuild the first.
