@@ -23,10 +23,9 @@ use std::{
 };
 
 use common::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, Mail, OwnedDatabase, OwnedQueues, SmtpServer, amqp_url,
-    bearer_client, create_pg_database, eventually, free_port,
+    ADMIN_EMAIL, ADMIN_PASSWORD, Mail, OwnedDatabase, OwnedQueues, SharedServices, SmtpServer,
+    bearer_client, eventually, free_port,
     process::{KeelProcess, Nginx, nginx_user_directive},
-    queue_prefix, redis_prefix, redis_url,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -437,21 +436,21 @@ impl Cluster {
     /// required.
     async fn start() -> Option<Self> {
         let nginx_binary = Nginx::binary()?;
-        let redis = redis_url().await?;
-        let amqp = amqp_url().await?;
-        let smtp = SmtpServer::start().await?;
-        let (name, database_url) = create_pg_database().await?;
-        let database = OwnedDatabase(Some(name));
-        let queues = OwnedQueues {
-            url: amqp.clone(),
-            prefix: queue_prefix(),
-        };
+        let SharedServices {
+            database_url,
+            redis_url,
+            redis_prefix,
+            amqp_url,
+            smtp,
+            queues,
+            database,
+        } = SharedServices::start().await?;
         let dir = tempfile::tempdir().expect("temporary directory");
         let shared = vec![
             ("DATABASE_URL", database_url),
-            ("REDIS_URL", redis),
-            ("KEEL_REDIS_KEY_PREFIX", redis_prefix()),
-            ("AMQP_URL", amqp),
+            ("REDIS_URL", redis_url),
+            ("KEEL_REDIS_KEY_PREFIX", redis_prefix),
+            ("AMQP_URL", amqp_url),
             ("KEEL_AMQP_QUEUE_PREFIX", queues.prefix.clone()),
             ("SMTP_URL", smtp.url()),
             ("KEEL_PUBLIC_URL", "https://keel.test/".to_owned()),

@@ -22,10 +22,9 @@ use std::{
 };
 
 use common::{
-    Mail, OwnedDatabase, OwnedQueues, SmtpServer, amqp_url, bearer_client, create_pg_database,
-    eventually, free_port,
+    Mail, OwnedDatabase, OwnedQueues, SharedServices, SmtpServer, bearer_client, eventually,
+    free_port,
     process::{KeelProcess, Nginx, nginx_user_directive},
-    queue_prefix, redis_prefix, redis_url,
 };
 use serde_json::{Value, json};
 use serde_yaml::Value as Yaml;
@@ -329,15 +328,15 @@ impl Local {
 impl Topology {
     async fn start(compose: &Compose) -> Option<Self> {
         let nginx_binary = Nginx::binary()?;
-        let redis = redis_url().await?;
-        let amqp = amqp_url().await?;
-        let smtp = SmtpServer::start().await?;
-        let (name, database_url) = create_pg_database().await?;
-        let database = OwnedDatabase(Some(name));
-        let queues = OwnedQueues {
-            url: amqp.clone(),
-            prefix: queue_prefix(),
-        };
+        let SharedServices {
+            database_url,
+            redis_url: redis,
+            redis_prefix,
+            amqp_url: amqp,
+            smtp,
+            queues,
+            database,
+        } = SharedServices::start().await?;
         let dir = tempfile::tempdir().expect("temporary directory");
 
         // The secrets compose would mount under /run/secrets.
@@ -358,7 +357,7 @@ impl Topology {
             dir: dir.path().to_path_buf(),
             smtp_url: smtp.url(),
             queue_prefix: queues.prefix.clone(),
-            redis_prefix: redis_prefix(),
+            redis_prefix,
         };
 
         // migrate first, alone, to completion: the others depend on it.

@@ -502,6 +502,43 @@ impl Drop for OwnedQueues {
     }
 }
 
+/// What several keel processes of one test share, as a deployment's instances do: a
+/// PostgreSQL database, Redis (with a key prefix), RabbitMQ (with a queue prefix) and an
+/// SMTP server, each the test's own.
+pub struct SharedServices {
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub amqp_url: String,
+    pub smtp: SmtpServer,
+    /// Deletes the queues under `queues.prefix` when dropped.
+    pub queues: OwnedQueues,
+    /// Drops the database when dropped.
+    pub database: OwnedDatabase,
+}
+
+impl SharedServices {
+    /// Makes them; `None` (after printing why) when a service is missing and not required.
+    pub async fn start() -> Option<Self> {
+        let redis_url = redis_url().await?;
+        let amqp_url = amqp_url().await?;
+        let smtp = SmtpServer::start().await?;
+        let (name, database_url) = create_pg_database().await?;
+        Some(Self {
+            database_url,
+            redis_url,
+            redis_prefix: redis_prefix(),
+            queues: OwnedQueues {
+                url: amqp_url.clone(),
+                prefix: queue_prefix(),
+            },
+            amqp_url,
+            smtp,
+            database: OwnedDatabase(Some(name)),
+        })
+    }
+}
+
 /// Polls `probe` every 50 ms until it answers `Some`, for at most `seconds`.
 pub async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut probe: F) -> T
 where
