@@ -1,7 +1,14 @@
 //! The command line: `keel [serve]`, `keel worker`, `keel migrate`, `keel openapi`,
-//! `keel admin create`.
+//! `keel healthcheck`, `keel admin create`.
 
-use std::{io::BufRead, io::IsTerminal, path::PathBuf, sync::Arc};
+use std::{
+    io::BufRead,
+    io::IsTerminal,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +50,10 @@ pub enum Command {
     Migrate,
     /// Print the OpenAPI document (as served at /openapi.json) and exit.
     Openapi,
+    /// Ask the keel serving on this machine (at HOST:PORT) whether it is up: exit 0 when
+    /// `/livez` (or `/readyz` with --ready, or --url) answers 2xx, 1 otherwise. For container
+    /// HEALTHCHECKs and orchestrators' exec probes, where there is no curl.
+    Healthcheck(Healthcheck),
     /// Manage accounts.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -67,6 +78,22 @@ pub struct CreateAdmin {
     pub name: String,
 }
 
+/// `keel healthcheck`
+#[derive(Debug, Args)]
+pub struct Healthcheck {
+    /// Check `/readyz` (database reachable and migrated, not shutting down) instead of
+    /// `/livez`.
+    #[arg(long)]
+    pub ready: bool,
+    /// Seconds the answer may take.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub timeout: u64,
+    /// The URL to ask instead, such as `http://127.0.0.1:9464/metrics` for a `keel worker`,
+    /// which serves no API (only its metrics listener, when `KEEL_METRICS_ADDR` is set).
+    #[arg(long, conflicts_with = "ready")]
+    pub url: Option<String>,
+}
+
 /// Runs the parsed command line. Returns the process exit code.
 pub async fn run(cli: Cli) -> std::process::ExitCode {
     if let Some(Command::Openapi) = cli.command {
@@ -88,6 +115,10 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Command::Healthcheck(args)) = &cli.command {
+        // No log set-up: one line on standard error at most, and the exit code.
+        return healthcheck(&config, args).await;
+    }
     let _log = telemetry::init(config.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
@@ -101,7 +132,7 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
             }
             other => other,
         },
-        Command::Openapi => Ok(()),
+        Command::Openapi | Command::Healthcheck(_) => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -172,6 +203,47 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The address a local client reaches a listener bound to `host:port` at: the loopback
+/// address of the same family when it is bound to every address.
+fn local_address(host: IpAddr, port: u16) -> SocketAddr {
+    let host = match host {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    };
+    SocketAddr::new(host, port)
+}
+
+/// `keel healthcheck`: GET `/livez` (or `/readyz`) and map the answer to an exit code.
+async fn healthcheck(config: &Config, args: &Healthcheck) -> std::process::ExitCode {
+    let url = args.url.clone().unwrap_or_else(|| {
+        let path = if args.ready { "/readyz" } else { "/livez" };
+        format!("http://{}{path}", local_address(config.host, config.port))
+    });
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("keel healthcheck: cannot make an HTTP client: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => std::process::ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("keel healthcheck: {url} answered {}", response.status());
+            std::process::ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("keel healthcheck: {url}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Reads the password: from a prompt on a terminal, else the first line of standard input.
 fn read_password() -> anyhow::Result<String> {
     if std::io::stdin().is_terminal() {
@@ -198,4 +270,19 @@ async fn admin_create(config: Config, args: CreateAdmin) -> anyhow::Result<()> {
     let user = created?;
     println!("created admin {} <{}>", user.id, user.email);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listener_is_reached_on_loopback() {
+        let any4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let other: IpAddr = [10, 1, 2, 3].into();
+        assert_eq!(local_address(any4, 3000).to_string(), "127.0.0.1:3000");
+        assert_eq!(local_address(any6, 3000).to_string(), "[::1]:3000");
+        assert_eq!(local_address(other, 80).to_string(), "10.1.2.3:80");
+    }
 }

@@ -13,20 +13,19 @@ mod common;
 use std::{
     collections::{HashMap, HashSet},
     fmt::Write as _,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::ExitStatus,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use common::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, Mail, SmtpServer, amqp_url, bearer_client, create_pg_database,
-    delete_queues, drop_pg_database, eventually, free_port, queue_prefix, redis_prefix, redis_url,
-    services_required,
+    ADMIN_EMAIL, ADMIN_PASSWORD, Mail, OwnedDatabase, OwnedQueues, SharedServices, SmtpServer,
+    bearer_client, eventually, free_port,
+    process::{KeelProcess, Nginx, nginx_user_directive},
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -408,8 +407,8 @@ struct Cluster {
     anon: reqwest::Client,
     /// Requests through nginx.
     proxy: Proxy,
-    _queues: Queues,
-    _database: Database,
+    _queues: OwnedQueues,
+    _database: OwnedDatabase,
     _dir: tempfile::TempDir,
 }
 
@@ -437,21 +436,21 @@ impl Cluster {
     /// required.
     async fn start() -> Option<Self> {
         let nginx_binary = Nginx::binary()?;
-        let redis = redis_url().await?;
-        let amqp = amqp_url().await?;
-        let smtp = SmtpServer::start().await?;
-        let (name, database_url) = create_pg_database().await?;
-        let database = Database(Some(name));
-        let queues = Queues {
-            url: amqp.clone(),
-            prefix: queue_prefix(),
-        };
+        let SharedServices {
+            database_url,
+            redis_url,
+            redis_prefix,
+            amqp_url,
+            smtp,
+            queues,
+            database,
+        } = SharedServices::start().await?;
         let dir = tempfile::tempdir().expect("temporary directory");
         let shared = vec![
             ("DATABASE_URL", database_url),
-            ("REDIS_URL", redis),
-            ("KEEL_REDIS_KEY_PREFIX", redis_prefix()),
-            ("AMQP_URL", amqp),
+            ("REDIS_URL", redis_url),
+            ("KEEL_REDIS_KEY_PREFIX", redis_prefix),
+            ("AMQP_URL", amqp_url),
             ("KEEL_AMQP_QUEUE_PREFIX", queues.prefix.clone()),
             ("SMTP_URL", smtp.url()),
             ("KEEL_PUBLIC_URL", "https://keel.test/".to_owned()),
@@ -474,7 +473,15 @@ impl Cluster {
         let a = Instance::start("a", dir.path(), &shared, None).await;
         let key = a.data_dir.join("jwt-ed25519.pem");
         let b = Instance::start("b", dir.path(), &shared, Some(&key)).await;
-        let nginx = Nginx::start(&nginx_binary, dir.path(), &[a.port, b.port]).await;
+        let nginx_port = free_port();
+        let nginx_dir = dir.path().join("nginx");
+        let nginx = Nginx::start(
+            &nginx_binary,
+            &nginx_dir,
+            nginx_port,
+            &nginx_config(&nginx_dir, nginx_port, &[a.port, b.port]),
+        )
+        .await;
         let anon = reqwest::Client::new();
         let proxy = Proxy {
             base: format!("http://127.0.0.1:{}", nginx.port),
@@ -604,8 +611,7 @@ struct Instance {
     name: &'static str,
     port: u16,
     data_dir: PathBuf,
-    log: PathBuf,
-    child: Child,
+    process: KeelProcess,
 }
 
 impl Endpoint for Instance {
@@ -626,206 +632,48 @@ impl Instance {
         let port = free_port();
         let data_dir = dir.join(name);
         std::fs::create_dir(&data_dir).expect("data directory");
-        let log = dir.join(format!("{name}.log"));
-        let output = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
-        command
-            .arg("serve")
-            .env_clear()
-            .envs(shared.iter().map(|(k, v)| (k, v)))
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
-            .env("KEEL_DATA_DIR", &data_dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().expect("log file"))
-            .stderr(output);
+        let mut env: Vec<(String, String)> = shared
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        env.extend([
+            ("HOST".to_owned(), "127.0.0.1".to_owned()),
+            ("PORT".to_owned(), port.to_string()),
+            ("KEEL_DATA_DIR".to_owned(), data_dir.display().to_string()),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ]);
         if let Some(key) = key {
-            command.env("KEEL_JWT_PRIVATE_KEY_FILE", key);
+            env.push((
+                "KEEL_JWT_PRIVATE_KEY_FILE".to_owned(),
+                key.display().to_string(),
+            ));
         }
-        let child = command.spawn().expect("keel starts");
-        let mut instance = Self {
+        let log = dir.join(format!("{name}.log"));
+        let mut process = KeelProcess::spawn(name, &["serve"], &env, log);
+        process
+            .wait_until_ready(&format!("http://127.0.0.1:{port}/readyz"))
+            .await;
+        Self {
             name,
             port,
             data_dir,
-            log,
-            child,
-        };
-        instance.wait_until_ready().await;
-        instance
-    }
-
-    async fn wait_until_ready(&mut self) {
-        let url = self.url("/readyz");
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("keel {} exited at start-up ({status})", self.name);
-            }
-            if let Ok(response) = client.get(&url).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "keel {} not ready within 30 s",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            process,
         }
     }
 
     /// Sends SIGTERM.
     fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM {}", self.child.id());
+        self.process.terminate();
     }
 
     /// Waits for the process to exit, for at most `seconds`.
     async fn wait_for_exit(&mut self, seconds: u64) -> ExitStatus {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "keel {} still runs {seconds} s after SIGTERM",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.process.wait_for_exit(seconds).await
     }
 
     /// The ids of the jobs this instance logged as succeeded.
     fn jobs_succeeded(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(&self.log).expect("readable log");
-        log.lines()
-            .filter(|line| line.contains("job succeeded"))
-            .map(|line| {
-                let start = line.find("job{id=").expect("the job's id is logged") + 7;
-                line[start..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
-                    .collect()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            print_tail(&format!("keel {}", self.name), &self.log);
-        }
-    }
-}
-
-/// nginx in front of the instances, as its own foreground process with everything under a
-/// temporary directory.
-struct Nginx {
-    port: u16,
-    dir: PathBuf,
-    child: Child,
-}
-
-impl Nginx {
-    /// The nginx binary; `None` (after printing why) when there is none and it is not
-    /// required.
-    fn binary() -> Option<PathBuf> {
-        let found = ["nginx", "/usr/sbin/nginx"].into_iter().find(|candidate| {
-            Command::new(candidate)
-                .arg("-v")
-                .output()
-                .is_ok_and(|out| out.status.success())
-        });
-        if found.is_none() {
-            assert!(
-                !services_required(),
-                "KEEL_REQUIRE_SERVICES=1 but nginx is not installed (apt-get install nginx)"
-            );
-            eprintln!("skipping: nginx is not installed (apt-get install nginx)");
-        }
-        found.map(PathBuf::from)
-    }
-
-    /// Starts nginx on a free port with an upstream of `ports`, and waits until it proxies.
-    async fn start(binary: &Path, dir: &Path, ports: &[u16]) -> Self {
-        let port = free_port();
-        let dir = dir.join("nginx");
-        std::fs::create_dir(&dir).expect("nginx directory");
-        let config = dir.join("nginx.conf");
-        std::fs::write(&config, nginx_config(&dir, port, ports)).expect("nginx.conf");
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&config)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx starts");
-        let mut nginx = Self { port, dir, child };
-        let url = format!("http://127.0.0.1:{port}/livez");
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = nginx.child.try_wait().expect("child status") {
-                panic!("nginx exited at start-up ({status})");
-            }
-            if let Ok(response) = client.get(&url).send().await
-                && response.status() == 200
-            {
-                return nginx;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nginx not proxying within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Requests answered by the upstream on `port` that nginx logged after `since`.
-    fn served_since(&self, port: u16, since: SystemTime) -> usize {
-        let since = since.duration_since(UNIX_EPOCH).expect("after 1970");
-        let upstream = format!("127.0.0.1:{port}");
-        let log = std::fs::read_to_string(self.dir.join("access.log")).expect("access log");
-        log.lines()
-            .filter(|line| {
-                // `$msec $status $upstream_addr`: the last upstream tried is the one that answered.
-                let mut fields = line.split_whitespace();
-                let at = fields.next().and_then(|t| t.parse::<f64>().ok());
-                let last = line.rsplit([' ', ',']).next();
-                at.is_some_and(|at| at >= since.as_secs_f64()) && last == Some(upstream.as_str())
-            })
-            .count()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: the master then stops its worker too.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            print_tail("nginx", &self.dir.join("error.log"));
-        }
+        self.process.jobs_succeeded()
     }
 }
 
@@ -838,9 +686,7 @@ fn nginx_config(dir: &Path, port: u16, upstreams: &[u16]) -> String {
     for upstream in upstreams {
         writeln!(servers, "        server 127.0.0.1:{upstream};").expect("string");
     }
-    // As root, nginx's workers would switch to a user that cannot reach the temporary
-    // directory.
-    let user = if is_root() { "user root root;" } else { "" };
+    let user = nginx_user_directive();
     format!(
         r#"{user}
 worker_processes 1;
@@ -889,50 +735,4 @@ http {{
 }}
 "#
     )
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|process| process.uid() == 0)
-}
-
-/// Prints the last lines of a log, to explain a failure.
-fn print_tail(what: &str, path: &Path) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    eprintln!("--- last lines of the {what} log ---");
-    for line in &lines[lines.len().saturating_sub(40)..] {
-        eprintln!("{line}");
-    }
-}
-
-/// The test's PostgreSQL database, dropped with it.
-struct Database(Option<String>);
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Some(name) = self.0.take() {
-            drop_pg_database(name);
-        }
-    }
-}
-
-/// The test's RabbitMQ queues, deleted when it ends.
-struct Queues {
-    url: String,
-    prefix: String,
-}
-
-impl Drop for Queues {
-    fn drop(&mut self) {
-        // Drop may run on the test's runtime, which cannot be blocked on: use a private one.
-        let (url, prefix) = (self.url.clone(), self.prefix.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(delete_queues(&url, &prefix));
-        })
-        .join();
-    }
 }

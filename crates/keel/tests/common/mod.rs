@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod process;
+
 use std::{net::SocketAddr, path::PathBuf};
 
 use keel::{config::Config, server::Server, shutdown::Shutdown};
@@ -463,6 +465,75 @@ pub async fn delete_queues(url: &str, prefix: &str) {
         }
     }
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// A test's PostgreSQL database (made by [`create_pg_database`]), dropped with this value.
+pub struct OwnedDatabase(pub Option<String>);
+
+impl Drop for OwnedDatabase {
+    fn drop(&mut self) {
+        if let Some(name) = self.0.take() {
+            drop_pg_database(name);
+        }
+    }
+}
+
+/// A test's RabbitMQ queues (under [`queue_prefix`]), deleted with this value.
+pub struct OwnedQueues {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Drop for OwnedQueues {
+    fn drop(&mut self) {
+        // Drop may run on the test's runtime, which cannot be blocked on: use a private one.
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(delete_queues(&url, &prefix));
+        })
+        .join();
+    }
+}
+
+/// What several keel processes of one test share, as a deployment's instances do: a
+/// PostgreSQL database, Redis (with a key prefix), RabbitMQ (with a queue prefix) and an
+/// SMTP server, each the test's own.
+pub struct SharedServices {
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub amqp_url: String,
+    pub smtp: SmtpServer,
+    /// Deletes the queues under `queues.prefix` when dropped.
+    pub queues: OwnedQueues,
+    /// Drops the database when dropped.
+    pub database: OwnedDatabase,
+}
+
+impl SharedServices {
+    /// Makes them; `None` (after printing why) when a service is missing and not required.
+    pub async fn start() -> Option<Self> {
+        let redis_url = redis_url().await?;
+        let amqp_url = amqp_url().await?;
+        let smtp = SmtpServer::start().await?;
+        let (name, database_url) = create_pg_database().await?;
+        Some(Self {
+            database_url,
+            redis_url,
+            redis_prefix: redis_prefix(),
+            queues: OwnedQueues {
+                url: amqp_url.clone(),
+                prefix: queue_prefix(),
+            },
+            amqp_url,
+            smtp,
+            database: OwnedDatabase(Some(name)),
+        })
+    }
 }
 
 /// Polls `probe` every 50 ms until it answers `Some`, for at most `seconds`.
