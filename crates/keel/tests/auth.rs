@@ -247,6 +247,14 @@ async fn register_checks_every_field(app: TestApp) {
 
 async fn unknown_email_and_wrong_password_look_the_same(app: TestApp) {
     new_account(&app, "ada@example.com").await;
+    // An internationalised domain logs in in either of its forms, and is one account.
+    let (user, _) = new_account(&app, "grace@bücher.example").await;
+    assert_eq!(user["email"], "grace@xn--bcher-kva.example");
+    for email in ["grace@bücher.example", "grace@XN--BCHER-KVA.example"] {
+        session(&app, email, PASSWORD).await;
+    }
+    let again = register(&app, "grace@xn--bcher-kva.example", PASSWORD).await;
+    assert_eq!(again.status(), 409);
     let strip = |mut body: Value| {
         let object = body.as_object_mut().unwrap();
         object.remove("request_id");

@@ -209,6 +209,17 @@ async fn duplicate_email_is_409_regardless_of_case(app: TestApp) {
     assert_eq!(stored, first, "the first user is unchanged");
     let page = get_json(&app, "/users").await;
     assert_eq!(ids(&page), [first["id"].as_str().unwrap()]);
+
+    // An internationalised domain is one address in its Unicode and its ASCII form.
+    let unicode = app
+        .create_user("user@bücher.example", "Unicode Domain")
+        .await;
+    assert_eq!(unicode["email"], "user@xn--bcher-kva.example");
+    let response = app
+        .post_user("user@xn--BCHER-kva.example", "Someone Else")
+        .await;
+    let body = problem(response, 409).await;
+    assert_eq!(body["type"], "/problems/email-taken");
 }
 
 async fn malformed_json_is_400(app: TestApp) {
@@ -223,6 +234,30 @@ async fn malformed_json_is_400(app: TestApp) {
             .unwrap();
         let body = problem(response, 400).await;
         assert_eq!(body["type"], "/problems/malformed-json", "body {raw:?}");
+    }
+    assert_no_users(&app).await;
+    // I-JSON (RFC 7493): a repeated member name is refused, not resolved to one of them.
+    for raw in [
+        r#"{"email": "ada@example.com", "name": "Ada", "email": "eve@example.com"}"#,
+        r#"{"email": "ada@example.com", "name": "Ada", "name": "Ada"}"#,
+    ] {
+        let response = app
+            .client
+            .post(app.url("/users"))
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        let body = problem(response, 400).await;
+        assert_eq!(body["type"], "/problems/malformed-json", "body {raw:?}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("appears twice"),
+            "{body}"
+        );
     }
     assert_no_users(&app).await;
 }

@@ -23,7 +23,7 @@ use crate::{
         extract::{FromJson, Invalid, ObjectReader, ValidJson, string},
         ratelimit::ClientIp,
     },
-    users::domain::{NewUser, Registration, User},
+    users::domain::{NewUser, Registration, User, canonical_email},
 };
 
 use super::AccountsState;
@@ -250,7 +250,7 @@ async fn login(
     ClientIp(ip): ClientIp,
     ValidJson(request): ValidJson<Login>,
 ) -> Result<Response, ApiError> {
-    let account = request.email.to_lowercase();
+    let account = canonical_email(&request.email).to_lowercase();
     state.rate_limits.check_account(&account).await?;
     let found = state.users.credentials(&request.email).await?;
     let (user, hash) = match &found {

@@ -1,8 +1,9 @@
 //! Extractors that validate input and report every failure as a [`FieldError`].
 //!
 //! A JSON body goes through three gates, each with its own status: the media type (415),
-//! the syntax (400), then the domain rules of the target type (422, listing every failing
-//! field at once, including unknown and missing ones).
+//! the syntax (400, a member name repeated in one object included), then the domain rules
+//! of the target type (422, listing every failing field at once, including unknown and
+//! missing ones).
 
 use axum::{
     body::Bytes,
@@ -52,8 +53,8 @@ impl<S: Send + Sync, T: FromJson> FromRequest<S> for ValidJson<T> {
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(body_error)?;
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        let value = super::strict_json::parse(&bytes)
+            .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         T::from_json(value)
             .map(ValidJson)
             .map_err(ApiError::Validation)

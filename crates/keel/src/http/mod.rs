@@ -13,5 +13,6 @@ mod request_log;
 pub mod security_headers;
 mod stack;
 pub mod static_files;
+mod strict_json;
 
 pub use stack::{NoCompression, apply};

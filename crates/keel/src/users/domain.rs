@@ -21,9 +21,24 @@ pub const NAME_MIN_CHARS: usize = 2;
 /// Longest name accepted, in characters after trimming.
 pub const NAME_MAX_CHARS: usize = 100;
 
-/// A syntactically valid e-mail address.
+/// A syntactically valid e-mail address, its domain in the ASCII form DNS uses (IDNA,
+/// lower case), so that `ada@bücher.example` and `ada@xn--bcher-kva.example` are one
+/// address; the local part is kept as given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
+
+/// `address` with its domain converted to ASCII (IDNA, lower case), or as it is when it has
+/// no domain or the domain cannot be converted: the form addresses are stored and looked up
+/// in.
+pub fn canonical_email(address: &str) -> String {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return address.to_owned();
+    };
+    match idna::domain_to_ascii(domain) {
+        Ok(ascii) if !ascii.is_empty() => format!("{local}@{ascii}"),
+        _ => address.to_owned(),
+    }
+}
 
 impl Email {
     /// Validates an address.
@@ -34,17 +49,30 @@ impl Email {
                 format!("must be at most {EMAIL_MAX_CHARS} characters"),
             ));
         }
-        // Also an address lettre can send to, so that every account can get its e-mails.
-        if !raw.validate_email() || raw.parse::<lettre::Address>().is_err() {
-            return Err(Invalid::new(
+        let invalid = || {
+            Invalid::new(
                 "invalid_email",
                 "must be a valid e-mail address such as ada@example.com",
+            )
+        };
+        if !raw.validate_email() {
+            return Err(invalid());
+        }
+        let address = canonical_email(&raw);
+        if address.chars().count() > EMAIL_MAX_CHARS {
+            return Err(Invalid::new(
+                "too_long",
+                format!("must be at most {EMAIL_MAX_CHARS} characters with its domain in ASCII"),
             ));
         }
-        Ok(Self(raw))
+        // Also an address lettre can send to, so that every account can get its e-mails.
+        if address.parse::<lettre::Address>().is_err() {
+            return Err(invalid());
+        }
+        Ok(Self(address))
     }
 
-    /// The address as given.
+    /// The address, its domain in ASCII.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -368,6 +396,23 @@ pub struct UpdateMeRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn email_domains_are_stored_in_ascii() {
+        for (given, stored) in [
+            ("user@bücher.example", "user@xn--bcher-kva.example"),
+            ("user@xn--bcher-kva.example", "user@xn--bcher-kva.example"),
+            ("User@BÜCHER.Example", "User@xn--bcher-kva.example"),
+            ("Ada@Example.COM", "Ada@example.com"),
+        ] {
+            assert_eq!(
+                Email::parse(given.into()).map(|e| e.0).as_deref(),
+                Ok(stored),
+                "{given}"
+            );
+        }
+        assert_eq!(canonical_email("no-at-sign"), "no-at-sign");
+    }
 
     #[test]
     fn email_is_checked() {

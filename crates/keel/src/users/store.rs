@@ -227,7 +227,8 @@ impl UserStore {
         Ok(tx.fetch_optional(&sql, &[&hash, &now(), &id]).await?)
     }
 
-    /// The user with this e-mail address (compared without case) and its password hash.
+    /// The user with this e-mail address (compared without case, the domain in either its
+    /// Unicode or its ASCII form) and its password hash.
     pub async fn credentials(
         &self,
         email: &str,
@@ -237,9 +238,18 @@ impl UserStore {
         if email.chars().any(char::is_control) {
             return Ok(None);
         }
-        let sql =
-            format!("SELECT {COLUMNS}, password_hash FROM users WHERE lower(email) = lower($1)");
-        let found: Option<WithHash> = self.db.fetch_optional(&sql, &[&email.to_owned()]).await?;
+        // Addresses are stored with their domain in ASCII; one stored before that rule,
+        // with a Unicode domain, is found by the address as given.
+        let sql = format!(
+            "SELECT {COLUMNS}, password_hash FROM users \
+             WHERE lower(email) = lower($1) OR lower(email) = lower($2) \
+             ORDER BY lower(email) = lower($1) DESC LIMIT 1"
+        );
+        let canonical = super::domain::canonical_email(email);
+        let found: Option<WithHash> = self
+            .db
+            .fetch_optional(&sql, &[&canonical, &email.to_owned()])
+            .await?;
         Ok(found.map(|WithHash(user, hash)| (user, hash)))
     }
 
