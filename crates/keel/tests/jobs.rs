@@ -118,6 +118,7 @@ queue_tests! {
     the_admin_api_lists_filters_and_guards_jobs: [sqlite_database, postgres_database],
     two_workers_never_run_the_same_job: [sqlite_database, postgres_database, postgres_rabbitmq],
     a_killed_worker_s_job_completes_exactly_once: [sqlite_database, postgres_database, postgres_rabbitmq],
+    mail_queued_while_smtp_is_down_goes_out_once_it_is_back: [sqlite_database, postgres_rabbitmq],
 }
 
 async fn register(app: &TestApp, email: &str) -> Value {
@@ -389,6 +390,88 @@ async fn refusing_smtp() -> u16 {
         }
     });
     port
+}
+
+/// Registrations made while the SMTP server refuses every connection: each welcome job
+/// fails and backs off, none dies within its attempts, and once a real server listens on
+/// that address again every welcome e-mail arrives, once.
+async fn mail_queued_while_smtp_is_down_goes_out_once_it_is_back(backend: Backend, queue: Queue) {
+    const USERS: usize = 5;
+    let refusing = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = refusing.local_addr().expect("addr").port();
+    let refuser = tokio::spawn(async move {
+        while let Ok((socket, _)) = refusing.accept().await {
+            drop(socket);
+        }
+    });
+    let Some(setup) = Setup::start(backend, queue, move |config| {
+        config.smtp_url = Some(SecretString::from(format!("smtp://127.0.0.1:{port}")));
+    })
+    .await
+    else {
+        refuser.abort();
+        return;
+    };
+    let app = &setup.app;
+    let emails: Vec<String> = (0..USERS)
+        .map(|i| format!("down-{i}@example.com"))
+        .collect();
+    for email in &emails {
+        register(app, email).await;
+    }
+    eventually(20, "a failed attempt of every welcome job", || async {
+        let jobs = list_jobs(app, "?kind=email.welcome").await;
+        let failed = jobs
+            .iter()
+            .filter(|job| job["attempts"].as_i64().unwrap_or(0) >= 1 && job["state"] == "queued")
+            .count();
+        (jobs.len() == USERS && failed == USERS).then_some(())
+    })
+    .await;
+    // The server comes back on the same address.
+    refuser.abort();
+    let _ = refuser.await;
+    let Some(smtp) = SmtpServer::start_on(port).await else {
+        setup.finish().await;
+        return;
+    };
+    let welcomes = || {
+        smtp.messages()
+            .iter()
+            .map(|raw| Mail::parse(raw))
+            .filter(|mail| mail.subject.starts_with("Welcome"))
+            .collect::<Vec<_>>()
+    };
+    eventually(30, "every welcome e-mail", || async {
+        (welcomes().len() >= USERS).then_some(())
+    })
+    .await;
+    // Nothing more comes: each address got its welcome once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let received = welcomes();
+    for email in &emails {
+        let count = received
+            .iter()
+            .filter(|mail| mail.to.contains(email.as_str()))
+            .count();
+        assert_eq!(count, 1, "welcome e-mails to {email}");
+    }
+    assert_eq!(received.len(), USERS);
+    let jobs = list_jobs(app, "?kind=email.welcome").await;
+    assert!(
+        jobs.iter().all(|job| job["state"] == "succeeded"),
+        "every welcome job succeeded, none died: {jobs:?}"
+    );
+    println!(
+        "{USERS} welcome e-mails queued while SMTP was down, each sent once after it returned, \
+         after {:?} attempts",
+        jobs.iter()
+            .map(|job| job["attempts"].clone())
+            .collect::<Vec<_>>()
+    );
+    setup.finish().await;
 }
 
 /// Each failure waits a random delay within the doubling step (100–200 ms, 200–400 ms,

@@ -566,6 +566,11 @@ impl SmtpServer {
     /// Starts one; `None` (after printing why) when aiosmtpd is not installed and services
     /// are not required. `.ci/run` installs it in the project's `.venv`.
     pub async fn start() -> Option<Self> {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts one on `port` (where a test had something else listening before).
+    pub async fn start_on(port: u16) -> Option<Self> {
         let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/python");
         let python = if std::path::Path::new(venv).exists() {
             venv
@@ -584,10 +589,6 @@ impl SmtpServer {
             eprintln!("skipping: aiosmtpd is not installed (pip install aiosmtpd)");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let dir = tempfile::tempdir().expect("maildir");
         let child = std::process::Command::new(python)
             .args(["-m", "aiosmtpd", "-n", "-l"])
