@@ -10,7 +10,8 @@ SCHEMATHESIS_ADMIN_EMAIL, SCHEMATHESIS_ADMIN_PASSWORD): generated calls to /auth
 /auth/logout-all end sessions, so a token is never reused across cases. Operations that
 declare the bearer scheme are also sent without it by the ignored_auth check, which expects
 401. The admin's own record is kept out of reach (a generated DELETE or PATCH of it would
-lock every later case out), as a real client would not delete the account it works with.
+lock every later case out, and a POST to /users/{id}/logout would end the sessions of
+cases running beside it), as a real client would not delete the account it works with.
 """
 
 import os
@@ -56,7 +57,7 @@ class AdminToken:
 
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
-    if case.method in ("PATCH", "DELETE") and ADMIN_ID:
+    if case.method in ("PATCH", "DELETE", "POST") and ADMIN_ID:
         parameters = case.path_parameters or {}
         if parameters.get("id") == ADMIN_ID[0]:
             parameters["id"] = str(uuid.uuid4())

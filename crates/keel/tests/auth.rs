@@ -744,6 +744,262 @@ async fn the_audit_trail_records_security_events(app: TestApp) {
     assert_ne!(second["items"][0]["id"], first_page["items"][0]["id"]);
 }
 
+/// The JSON of `GET /users/me` as the bootstrap admin: their own record.
+async fn admin_record(app: &TestApp) -> Value {
+    let response = app.get("/users/me").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// The audit events named `event`, newest first.
+async fn audit_events(app: &TestApp, event: &str) -> Vec<Value> {
+    let page: Value = app
+        .get("/admin/audit-events?limit=100")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a page of audit events: {page}"))
+        .iter()
+        .filter(|e| e["event"] == event)
+        .cloned()
+        .collect()
+}
+
+/// An admin deactivates an account: its sessions end at once, it cannot log in (answered
+/// exactly as a wrong password), refresh or get a reset e-mail; reactivated, it logs in
+/// again. Only an admin may do it, and not to their own account; both changes are audited.
+async fn a_deactivated_account_is_locked_out_until_reactivated(app: TestApp) {
+    let (ada, one) = new_account(&app, "ada@example.com").await;
+    assert_eq!(ada["active"], true);
+    let two = session(&app, "ada@example.com", PASSWORD).await;
+    let path = format!("/users/{}", ada["id"].as_str().unwrap());
+
+    // The account's owner cannot change it, even on their own record.
+    let own = app
+        .anon
+        .patch(app.url(&path))
+        .bearer_auth(&one.access)
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    problem(own, 403).await;
+    let own = app
+        .anon
+        .patch(app.url(&path))
+        .bearer_auth(&one.access)
+        .json(&json!({"active": true}))
+        .send()
+        .await
+        .unwrap();
+    problem(own, 403).await;
+    assert_eq!(me(&app, &one.access).await.status(), 200);
+
+    let off = app
+        .patch_json(&path, &json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 200);
+    let off: Value = off.json().await.unwrap();
+    assert_eq!(off["active"], false);
+    assert_eq!(off["email"], "ada@example.com");
+    let shown: Value = app.get(&path).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shown["active"], false);
+
+    // Every session is over: access and refresh tokens alike.
+    for session in [&one, &two] {
+        assert_401(me(&app, &session.access).await, true).await;
+        assert_eq!(refresh(&app, &session.refresh).await.status(), 401);
+    }
+    // The right password is answered as a wrong one.
+    let strip = |mut body: Value| {
+        let object = body.as_object_mut().unwrap();
+        object.remove("request_id");
+        object.remove("instance");
+        body
+    };
+    let right = login(&app, "ada@example.com", PASSWORD).await;
+    let right_challenge = header(&right, "www-authenticate");
+    let right = strip(problem(right, 401).await);
+    let wrong = login(&app, "ada@example.com", "not the password at all").await;
+    let wrong_challenge = header(&wrong, "www-authenticate");
+    assert_eq!(right, strip(problem(wrong, 401).await));
+    assert_eq!(right_challenge, wrong_challenge);
+    assert_eq!(right["type"], "/problems/invalid-credentials");
+
+    // A reset e-mail is asked for (202, as for any address) but never sent.
+    let forgot = app
+        .anon
+        .post(app.url("/auth/forgot-password"))
+        .json(&json!({"email": "ada@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forgot.status(), 202);
+    common::eventually(20, "the reset job to finish", || async {
+        let page: Value = app
+            .get("/jobs?kind=email.password_reset&state=succeeded")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    let resets = common::mail_files(&app.data_dir)
+        .into_iter()
+        .filter(|mail| mail.to.contains("ada@example.com") && mail.subject.contains("password"))
+        .count();
+    assert_eq!(resets, 0, "no reset e-mail for a deactivated account");
+
+    // An admin cannot lock themselves out.
+    let admin = admin_record(&app).await;
+    let admin_path = format!("/users/{}", admin["id"].as_str().unwrap());
+    let myself = app
+        .patch_json(&admin_path, &json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    let body = problem(myself, 409).await;
+    assert_eq!(body["type"], "/problems/cannot-deactivate-self");
+    assert_eq!(admin_record(&app).await["active"], true);
+    // Not a boolean: a validation error.
+    let invalid = app
+        .patch_json(&path, &json!({"active": "no"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        validation_errors(invalid).await,
+        common::expected(&[("body", "/active", "type")])
+    );
+
+    // Reactivated, the account logs in again (and a new password reset would be sent).
+    let on = app
+        .patch_json(&path, &json!({"active": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on.status(), 200);
+    assert_eq!(on.json::<Value>().await.unwrap()["active"], true);
+    let back = session(&app, "ada@example.com", PASSWORD).await;
+    assert_eq!(me(&app, &back.access).await.status(), 200);
+    assert_eq!(refresh(&app, &back.refresh).await.status(), 200);
+
+    // Both changes are in the audit trail, naming the admin; the refused login says why.
+    for (event, count) in [("account.deactivated", 1), ("account.reactivated", 1)] {
+        let found = audit_events(&app, event).await;
+        assert_eq!(found.len(), count, "{event}: {found:?}");
+        assert_eq!(found[0]["user_id"], ada["id"]);
+        assert_eq!(found[0]["actor_id"], admin["id"]);
+    }
+    let failures = audit_events(&app, "login.failed").await;
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["user_id"] == ada["id"] && e["detail"] == "account deactivated"),
+        "{failures:?}"
+    );
+}
+
+/// A session refreshed while its account is being deactivated cannot outlive it: a
+/// refresh token presented after the change is refused even if it was not revoked yet.
+async fn a_deactivated_account_cannot_refresh(app: TestApp) {
+    let (ada, first) = new_account(&app, "ada@example.com").await;
+    let path = format!("/users/{}", ada["id"].as_str().unwrap());
+    // Deactivate straight in the table (as a second instance mid-way through its request
+    // might leave it: the flag written, the sessions not revoked yet).
+    let sql = match app.backend {
+        Backend::Sqlite => "UPDATE users SET active = 0",
+        Backend::Postgres => "UPDATE users SET active = false",
+    };
+    let statement = format!("{sql} WHERE lower(email) = 'ada@example.com'");
+    run_sql(&app, &statement).await;
+    let response = refresh(&app, &first.refresh).await;
+    assert_eq!(
+        problem(response, 401).await["type"],
+        "/problems/invalid-refresh-token"
+    );
+    // And the session is revoked for good: reactivating does not bring it back.
+    let statement = match app.backend {
+        Backend::Sqlite => "UPDATE users SET active = 1",
+        Backend::Postgres => "UPDATE users SET active = true",
+    };
+    run_sql(&app, statement).await;
+    assert_eq!(refresh(&app, &first.refresh).await.status(), 401);
+    let shown: Value = app.get(&path).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shown["email"], "ada@example.com");
+}
+
+/// Runs one statement on the test server's database.
+async fn run_sql(app: &TestApp, statement: &str) {
+    use sqlx::Connection;
+    match app.backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+    }
+}
+
+/// `POST /users/{id}/logout`: an admin ends every session of an account, which can log
+/// in again; audited as `logout.all` with the admin as actor. Admins only.
+async fn an_admin_ends_every_session_of_a_user(app: TestApp) {
+    let (ada, one) = new_account(&app, "ada@example.com").await;
+    let two = session(&app, "ada@example.com", PASSWORD).await;
+    let (_, bob) = new_account(&app, "bob@example.com").await;
+    let path = format!("/users/{}/logout", ada["id"].as_str().unwrap());
+
+    // Not for anyone but an admin, not even the account itself.
+    assert_401(app.anon.post(app.url(&path)).send().await.unwrap(), false).await;
+    problem(post_as(&app, &path, &one.access).await, 403).await;
+    assert_eq!(me(&app, &one.access).await.status(), 200);
+
+    let response = app.client.post(app.url(&path)).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    for session in [&one, &two] {
+        assert_401(me(&app, &session.access).await, true).await;
+        assert_eq!(refresh(&app, &session.refresh).await.status(), 401);
+    }
+    // Other accounts keep their sessions; the account itself can log in again.
+    assert_eq!(me(&app, &bob.access).await.status(), 200);
+    let again = session(&app, "ada@example.com", PASSWORD).await;
+    assert_eq!(me(&app, &again.access).await.status(), 200);
+
+    let admin = admin_record(&app).await;
+    let logged = audit_events(&app, "logout.all").await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["user_id"], ada["id"]);
+    assert_eq!(logged[0]["actor_id"], admin["id"]);
+
+    let unknown = format!("/users/{}/logout", uuid::Uuid::now_v7());
+    let missing = app.client.post(app.url(&unknown)).send().await.unwrap();
+    problem(missing, 404).await;
+    let bad = app
+        .client
+        .post(app.url("/users/not-a-uuid/logout"))
+        .send()
+        .await
+        .unwrap();
+    problem(bad, 422).await;
+}
+
 backend_tests!(
     register_answers_the_user_and_a_verifiable_token_pair,
     register_checks_every_field,
@@ -756,6 +1012,9 @@ backend_tests!(
     an_admin_changes_roles_and_the_new_role_takes_effect,
     bad_credentials_are_401_never_500,
     the_audit_trail_records_security_events,
+    a_deactivated_account_is_locked_out_until_reactivated,
+    a_deactivated_account_cannot_refresh,
+    an_admin_ends_every_session_of_a_user,
 );
 
 /// Tokens outlive nothing: with a one-second lifetime, a token is refused two seconds later.

@@ -119,6 +119,7 @@ queue_tests! {
     two_workers_never_run_the_same_job: [sqlite_database, postgres_database, postgres_rabbitmq],
     a_killed_worker_s_job_completes_exactly_once: [sqlite_database, postgres_database, postgres_rabbitmq],
     mail_queued_while_smtp_is_down_goes_out_once_it_is_back: [sqlite_database, postgres_rabbitmq],
+    a_cancelled_job_never_runs: [sqlite_database, postgres_database, sqlite_rabbitmq, postgres_rabbitmq],
 }
 
 async fn register(app: &TestApp, email: &str) -> Value {
@@ -933,5 +934,173 @@ async fn a_killed_worker_s_job_completes_exactly_once(backend: Backend, queue: Q
     assert!(subjects.contains(&"Confirm your e-mail address"));
     second.kill().expect("stop the second worker");
     second.wait().expect("reaped");
+    setup.finish().await;
+}
+
+/// `POST /jobs/{id}/cancel`: a job whose first attempt failed waits for its retry (on
+/// RabbitMQ its retry message is already with the broker); cancelled then, it is never
+/// claimed again, while a job that is not cancelled retries and succeeds. Only a queued job
+/// can be cancelled: a finished one answers 409, an unknown one 404, and a non-admin 403.
+async fn a_cancelled_job_never_runs(backend: Backend, queue: Queue) {
+    let Some(setup) = Setup::start(backend, queue, |config| config.jobs_in_server = false).await
+    else {
+        return;
+    };
+    let app = &setup.app;
+    let mut config = common::test_config(&app.data_dir);
+    fast_jobs(&mut config);
+    // A first retry 1.5–3 s after the failure: time enough to cancel in between.
+    config.jobs_retry_base_ms = 3000;
+    config.jobs_retry_max_secs = 10;
+    config.database_url = Some(SecretString::from(app.database_url.clone()));
+    if let Some((url, prefix)) = &setup.amqp {
+        config.amqp_url = Some(SecretString::from(url.clone()));
+        config.amqp_queue_prefix = prefix.clone();
+    }
+    let db = Db::connect(&config).await.expect("worker database");
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let mut handlers = Handlers::default();
+    let counted = Arc::clone(&runs);
+    handlers.register("test.flaky", move |job| {
+        let runs = Arc::clone(&counted);
+        async move {
+            let name = job.payload["name"].as_str().unwrap_or_default().to_owned();
+            *runs.lock().expect("lock").entry(name).or_default() += 1;
+            anyhow::ensure!(job.attempt > 1, "the first attempt always fails");
+            Ok(())
+        }
+    });
+    let shutdown = Shutdown::default();
+    let worker = {
+        let (jobs, config, shutdown) = (
+            Jobs::new(&config, db.clone()),
+            config.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(
+            async move { keel::jobs::worker::run(jobs, handlers, &config, shutdown).await },
+        )
+    };
+    let producer = Jobs::new(&config, db.clone());
+    let mut ids = HashMap::new();
+    for name in ["cancelled", "kept"] {
+        let id = producer
+            .enqueue(NewJob::new("test.flaky", json!({ "name": name })))
+            .await
+            .expect("enqueued");
+        ids.insert(name, id.to_string());
+    }
+    let cancelled = ids["cancelled"].clone();
+    eventually(20, "the first attempt to fail", || async {
+        let job = job(app, &cancelled).await;
+        (job["state"] == "queued" && job["attempts"] == 1).then_some(())
+    })
+    .await;
+    let response = app
+        .client
+        .post(app.url(&format!("/jobs/{cancelled}/cancel")))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["id"], cancelled.as_str());
+    assert_eq!(body["state"], "cancelled");
+    assert_eq!(body["attempts"], 1);
+    assert!(body["finished_at"].is_string(), "{body}");
+    assert_eq!(job(app, &cancelled).await, body);
+    let run_at: chrono::DateTime<chrono::Utc> = body["run_at"]
+        .as_str()
+        .expect("run_at")
+        .parse()
+        .expect("RFC 3339");
+
+    // A message for it (a broker's retry, a duplicate) claims nothing.
+    let store = keel::jobs::store::JobStore::new(db.clone());
+    let id: uuid::Uuid = cancelled.parse().expect("uuid");
+    let claim = store
+        .claim_id(id, 1, chrono::Duration::seconds(30))
+        .await
+        .expect("claim");
+    assert!(claim.is_none(), "a cancelled job was claimed");
+
+    // The other job retries and succeeds; well after the cancelled one was due, it has
+    // still run once only.
+    let kept = ids["kept"].clone();
+    eventually(30, "the kept job to succeed", || async {
+        (job(app, &kept).await["state"] == "succeeded").then_some(())
+    })
+    .await;
+    let wait = (run_at - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(3);
+    tokio::time::sleep(wait).await;
+    let after = job(app, &cancelled).await;
+    assert_eq!(after["state"], "cancelled");
+    assert_eq!(after["attempts"], 1);
+    {
+        let runs = runs.lock().expect("lock");
+        assert_eq!(runs.get("cancelled"), Some(&1), "{runs:?}");
+        assert_eq!(runs.get("kept"), Some(&2), "{runs:?}");
+    }
+    let listed = list_jobs(app, "?state=cancelled").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], cancelled.as_str());
+
+    // Only a queued job: again, or a finished one, is a conflict.
+    for id in [&cancelled, &kept] {
+        let response = app
+            .client
+            .post(app.url(&format!("/jobs/{id}/cancel")))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(
+            problem(response, 409).await["type"],
+            "/problems/job-not-queued"
+        );
+    }
+    assert_eq!(job(app, &kept).await["state"], "succeeded");
+    let unknown = uuid::Uuid::now_v7();
+    let response = app
+        .client
+        .post(app.url(&format!("/jobs/{unknown}/cancel")))
+        .send()
+        .await
+        .expect("sent");
+    problem(response, 404).await;
+    let response = app
+        .client
+        .post(app.url("/jobs/not-a-uuid/cancel"))
+        .send()
+        .await
+        .expect("sent");
+    problem(response, 422).await;
+    // Without a worker, a registration's e-mails stay queued.
+    shutdown.begin();
+    worker.await.expect("worker stops");
+    register(app, "user@example.com").await;
+    let token = common::login(&app.anon, app.addr, "user@example.com", PASSWORD).await;
+    let queued = list_jobs(app, "?state=queued").await;
+    let some_queued = queued
+        .first()
+        .and_then(|job| job["id"].as_str())
+        .expect("the registration's e-mails wait: no worker runs them")
+        .to_owned();
+    let response = app
+        .anon
+        .post(app.url(&format!("/jobs/{some_queued}/cancel")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    problem(response, 403).await;
+    let response = app
+        .anon
+        .post(app.url(&format!("/jobs/{some_queued}/cancel")))
+        .send()
+        .await
+        .expect("sent");
+    problem(response, 401).await;
+    assert_eq!(job(app, &some_queued).await["state"], "queued");
+    db.close().await;
     setup.finish().await;
 }

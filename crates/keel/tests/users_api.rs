@@ -1013,6 +1013,125 @@ async fn concurrent_creates_each_get_their_own_answer(app: TestApp) {
     assert_eq!(ids(&all).len(), 31);
 }
 
+/// `active` is part of every user: true unless an admin creates the account inactive,
+/// changed by `PATCH` (with a new `ETag`, a fresh read and the list agreeing), and refused
+/// when it is not a boolean.
+async fn active_is_shown_set_on_create_and_patched(app: TestApp) {
+    let (ada, etag) = create_with_etag(&app, "ada@example.com", "Ada Lovelace").await;
+    assert_eq!(ada["active"], true);
+    let inactive = app
+        .post_json(
+            "/users",
+            &json!({"email": "grace@example.com", "name": "Grace Hopper", "active": false}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(inactive.status(), 201);
+    let grace: Value = inactive.json().await.unwrap();
+    assert_eq!(grace["active"], false);
+    assert_eq!(get_json(&app, &user_path(&grace)).await["active"], false);
+
+    // Read first, so that a stale cached copy would show if the write did not replace it.
+    assert_eq!(get_json(&app, &user_path(&ada)).await["active"], true);
+    let response = app
+        .patch_json(&user_path(&ada), &json!({"active": false}))
+        .header("if-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_ne!(header(&response, "etag"), etag, "a new revision");
+    let patched: Value = response.json().await.unwrap();
+    assert_eq!(patched["active"], false);
+    assert_eq!(patched["name"], "Ada Lovelace");
+    assert_eq!(get_json(&app, &user_path(&ada)).await, patched);
+    let page = get_json(&app, "/users").await;
+    let listed: Vec<(String, bool)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["email"].as_str().unwrap().to_owned(),
+                u["active"].as_bool().expect("active is a boolean"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("grace@example.com".to_owned(), false),
+            ("ada@example.com".to_owned(), false),
+            (ADMIN_EMAIL.to_owned(), true),
+        ]
+    );
+    // Setting it to what it is changes nothing but is accepted.
+    let same = app
+        .patch_json(&user_path(&grace), &json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), 200);
+
+    for (body, code) in [
+        (json!({"active": "yes"}), "type"),
+        (json!({"active": 1}), "type"),
+        (json!({"active": null}), "null"),
+    ] {
+        let response = app
+            .patch_json(&user_path(&ada), &body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            validation_errors(response).await,
+            expected(&[("body", "/active", code)]),
+            "{body}"
+        );
+    }
+    let response = app
+        .post_json(
+            "/users",
+            &json!({"email": "x@example.com", "name": "Xavier", "active": "no"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        validation_errors(response).await,
+        expected(&[("body", "/active", "type")])
+    );
+}
+
+/// `UserStore::count` counts every user, active or not.
+async fn the_store_counts_every_user(app: TestApp) {
+    let mut config = common::test_config(&app.data_dir);
+    config.database_url = Some(secrecy::SecretString::from(app.database_url.clone()));
+    let db = keel::db::Db::connect(&config).await.unwrap();
+    let store = keel::users::store::UserStore::new(db.clone());
+    assert_eq!(store.count().await.unwrap(), 1, "the bootstrap admin");
+    app.create_user("ada@example.com", "Ada Lovelace").await;
+    let grace = app.create_user("grace@example.com", "Grace Hopper").await;
+    let response = app
+        .patch_json(&user_path(&grace), &json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(store.count().await.unwrap(), 3);
+    assert_eq!(
+        app.delete(&user_path(&grace))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(store.count().await.unwrap(), 2);
+    db.close().await;
+}
+
 backend_tests!(
     create_returns_201_with_location_and_etag,
     create_lists_every_failing_field,
@@ -1043,4 +1162,6 @@ backend_tests!(
     concurrent_conditional_patches_let_exactly_one_win,
     concurrent_creates_with_one_email_make_one_user,
     concurrent_creates_each_get_their_own_answer,
+    active_is_shown_set_on_create_and_patched,
+    the_store_counts_every_user,
 );

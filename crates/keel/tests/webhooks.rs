@@ -608,6 +608,199 @@ async fn each_event_is_delivered_once_across_instances(backend: Backend) {
     assert_eq!(delivered.into_iter().collect::<HashSet<_>>(), emails);
 }
 
+/// Whether `request` is signed with `secret` (the Standard Webhooks scheme).
+fn signed_with(secret: &str, request: &Received) -> bool {
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").expect("whsec_ secret"))
+        .expect("base64 secret");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC key");
+    mac.update(format!("{}.{}.{}", request.id, request.timestamp, request.body).as_bytes());
+    request.signature == format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// `POST /webhooks/{id}/rotate-secret`: the new secret is in that answer only, and every
+/// delivery after it is signed with it and not with the old one. Admins only.
+async fn rotating_the_secret_signs_with_the_new_one_only(backend: Backend) {
+    let Some(app) = start(backend, |_| {}).await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let created = register(
+        &app,
+        json!({"url": receiver.url(), "event_types": ["user.created"]}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let old = created["secret"].as_str().unwrap().to_owned();
+    app.create_user("before@example.com", "Before Rotation")
+        .await;
+    let got = receiver.wait_for(1).await;
+    assert!(signed_with(&old, &got[0]));
+
+    let response = app
+        .client
+        .post(app.url(&format!("/webhooks/{id}/rotate-secret")))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    assert_eq!(common::header(&response, "cache-control"), "no-store");
+    let rotated: Value = response.json().await.expect("JSON");
+    let new = rotated["secret"].as_str().expect("secret").to_owned();
+    assert!(new.starts_with("whsec_"), "{new}");
+    assert_ne!(new, old);
+    assert_eq!(rotated["id"], id.as_str());
+    assert_eq!(rotated["url"], created["url"]);
+    assert_eq!(rotated["event_types"], created["event_types"]);
+    assert_eq!(rotated["active"], true);
+    // Shown once: never again.
+    let shown: Value = app
+        .get(&format!("/webhooks/{id}"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(shown.get("secret").is_none(), "{shown}");
+
+    app.create_user("after@example.com", "After Rotation").await;
+    let got = receiver.wait_for(2).await;
+    let after = got
+        .iter()
+        .find(|r| r.event()["data"]["email"] == "after@example.com")
+        .expect("the second delivery");
+    verify(&new, after);
+    assert!(!signed_with(&old, after), "the old secret still signs");
+
+    // Unknown, malformed, and not an admin's.
+    let unknown = uuid::Uuid::now_v7();
+    let response = app
+        .client
+        .post(app.url(&format!("/webhooks/{unknown}/rotate-secret")))
+        .send()
+        .await
+        .expect("sent");
+    common::problem(response, 404).await;
+    let response = app
+        .client
+        .post(app.url("/webhooks/nope/rotate-secret"))
+        .send()
+        .await
+        .expect("sent");
+    common::problem(response, 422).await;
+    let response = app
+        .anon
+        .post(app.url(&format!("/webhooks/{id}/rotate-secret")))
+        .send()
+        .await
+        .expect("sent");
+    common::problem(response, 401).await;
+    let user = app
+        .post_json(
+            "/users",
+            &json!({"email": "plain@example.com", "name": "Plain User", "password": "a long enough password"}),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(user.status(), 201);
+    let token = common::login(
+        &app.anon,
+        app.addr,
+        "plain@example.com",
+        "a long enough password",
+    )
+    .await;
+    let response = app
+        .anon
+        .post(app.url(&format!("/webhooks/{id}/rotate-secret")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    common::problem(response, 403).await;
+    // Refused rotations changed nothing: the new secret still signs.
+    app.create_user("last@example.com", "Last One").await;
+    let got = eventually(20, "the last delivery", || async {
+        receiver
+            .received()
+            .into_iter()
+            .find(|r| r.event()["data"]["email"] == "last@example.com")
+    })
+    .await;
+    verify(&new, &got);
+}
+
+/// `WebhookStore::failing` counts the active endpoints whose newest delivery failed, and
+/// `WebhookStore::count` every endpoint.
+async fn the_store_counts_failing_endpoints(backend: Backend) {
+    let Some(app) = start(backend, |config| config.jobs_max_attempts = 1).await else {
+        return;
+    };
+    let mut config = common::test_config(&app.data_dir);
+    config.database_url = Some(secrecy::SecretString::from(app.database_url.clone()));
+    let db = keel::db::Db::connect(&config).await.expect("database");
+    let store = keel::webhooks::WebhookStore::new(db.clone());
+    assert_eq!(store.count().await.expect("count"), 0);
+    assert_eq!(store.failing().await.expect("failing"), 0);
+    let receiver = Receiver::start().await;
+    let hook = register(
+        &app,
+        json!({"url": receiver.url(), "event_types": ["user.created"]}),
+    )
+    .await;
+    let id = hook["id"].as_str().unwrap().to_owned();
+    // An endpoint that has had no delivery is not failing.
+    register(
+        &app,
+        json!({"url": receiver.url(), "event_types": ["job.dead"]}),
+    )
+    .await;
+    assert_eq!(store.count().await.expect("count"), 2);
+
+    receiver.fail_next(usize::MAX);
+    app.create_user("fails@example.com", "Fails Once").await;
+    let failed = eventually(20, "the delivery to fail", || async {
+        deliveries(&app, &id)
+            .await
+            .into_iter()
+            .find(|d| d["state"] == "failed")
+    })
+    .await;
+    assert_eq!(store.failing().await.expect("failing"), 1);
+
+    // A disabled endpoint is not counted.
+    let patch = |active: bool| {
+        app.patch_json(&format!("/webhooks/{id}"), &json!({"active": active}))
+            .send()
+    };
+    assert_eq!(patch(false).await.expect("sent").status(), 200);
+    assert_eq!(store.failing().await.expect("failing"), 0);
+    assert_eq!(patch(true).await.expect("sent").status(), 200);
+    assert_eq!(store.failing().await.expect("failing"), 1);
+
+    // Its newest delivery succeeds: no longer failing.
+    receiver.fail_next(0);
+    let failed_id = failed["id"].as_str().unwrap();
+    let replay = app
+        .client
+        .post(app.url(&format!("/webhooks/{id}/deliveries/{failed_id}/replay")))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(replay.status(), 202);
+    eventually(20, "the replay to succeed", || async {
+        deliveries(&app, &id)
+            .await
+            .into_iter()
+            .find(|d| d["replay_of"] == failed_id && d["state"] == "succeeded")
+    })
+    .await;
+    assert_eq!(store.failing().await.expect("failing"), 0);
+    db.close().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -636,4 +829,6 @@ on_both_databases!(
     private_networks_are_refused_when_not_allowed,
     bad_input_is_refused,
     each_event_is_delivered_once_across_instances,
+    rotating_the_secret_signs_with_the_new_one_only,
+    the_store_counts_failing_endpoints,
 );

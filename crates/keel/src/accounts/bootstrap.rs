@@ -53,6 +53,7 @@ pub async fn create_admin(
         name,
         password: Some(password),
         role: Role::Admin,
+        active: true,
     };
     let user = match users.insert(&new, Some(hash)).await {
         Ok(user) => user,

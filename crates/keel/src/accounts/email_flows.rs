@@ -259,7 +259,8 @@ async fn accepted(
 /// Ask for a password-reset e-mail.
 ///
 /// Always answers 202, whether or not an account has the address, so that the answer
-/// reveals nothing; when one does, a single-use link is e-mailed to it.
+/// reveals nothing; when one does (and it is not deactivated), a single-use link is
+/// e-mailed to it.
 #[utoipa::path(
     post,
     path = "/auth/forgot-password",
@@ -555,6 +556,10 @@ impl Deps {
             tracing::info!("no account has the address; no reset e-mail sent");
             return Ok(());
         };
+        if !user.active {
+            tracing::info!(user_id = %user.id, "the account is deactivated; no reset e-mail sent");
+            return Ok(());
+        }
         let (link, expires) = self
             .link(&user, Purpose::ResetPassword, "reset-password")
             .await?;

@@ -191,6 +191,7 @@ async fn register(
         name: registration.name,
         password: Some(registration.password),
         role: Role::User,
+        active: true,
     };
     // The account and its e-mails commit together (a transactional outbox): a rolled-back
     // registration sends nothing, and a committed one always sends them.
@@ -230,7 +231,8 @@ fn no_store() -> HeaderMap {
 
 /// Log in with e-mail and password.
 ///
-/// An unknown e-mail and a wrong password get the same answer after the same work.
+/// An unknown e-mail, a wrong password and a deactivated account get the same answer after
+/// the same work.
 #[utoipa::path(
     post,
     path = "/auth/login",
@@ -258,13 +260,14 @@ async fn login(
         None => (None, None),
     };
     let valid = state.auth.passwords.verify(hash, &request.password).await?;
-    let Some(user) = user.filter(|_| valid) else {
+    // Checked after the hash, so that a deactivated account takes as long to refuse.
+    let Some(user) = user.filter(|user| valid && user.active) else {
         state.rate_limits.record_login_failure(&account).await;
         let audit = Audit::new(AuditKind::LoginFailed, user.map(|u| u.id), Some(ip));
-        let audit = if user.is_some() {
-            audit.detail("wrong password")
-        } else {
-            audit.detail("unknown e-mail address")
+        let audit = match user {
+            Some(user) if valid && !user.active => audit.detail("account deactivated"),
+            Some(_) => audit.detail("wrong password"),
+            None => audit.detail("unknown e-mail address"),
         };
         state.audit.record(audit).await;
         return Err(INVALID_CREDENTIALS);
@@ -295,7 +298,7 @@ async fn login(
     request_body(content = RefreshRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "A new token pair", body = TokenPair),
-        (status = 401, description = "The refresh token is unknown, expired, revoked or spent", body = Problem, content_type = "application/problem+json",
+        (status = 401, description = "The refresh token is unknown, expired, revoked or spent, or the account is deactivated", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer challenge"))),
         (status = 422, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts from this client", body = Problem, content_type = "application/problem+json"),
@@ -321,10 +324,15 @@ async fn refresh(
         }
         Refresh::Invalid => return Err(INVALID_REFRESH),
     };
-    // The account may have been deleted since; its role may have changed.
+    // The account may have been deleted or deactivated since; its role may have changed.
     let Some(user) = state.users.get(session.user_id).await? else {
         return Err(INVALID_REFRESH);
     };
+    if !user.active {
+        state.auth.sessions.revoke_family(session.family_id).await?;
+        state.auth.tokens.revoke([session.family_id]);
+        return Err(INVALID_REFRESH);
+    }
     let tokens = state
         .auth
         .pair(user.id, user.role, session.family_id, token)?;

@@ -29,7 +29,13 @@ pub enum AuditKind {
     /// A login succeeded.
     #[serde(rename = "login.succeeded")]
     LoginSucceeded,
-    /// A login failed (unknown e-mail or wrong password).
+    /// An admin deactivated an account: its sessions ended and it cannot log in.
+    #[serde(rename = "account.deactivated")]
+    Deactivated,
+    /// An admin reactivated an account: it can log in again.
+    #[serde(rename = "account.reactivated")]
+    Reactivated,
+    /// A login failed (unknown e-mail, wrong password, or a deactivated account).
     #[serde(rename = "login.failed")]
     LoginFailed,
     /// A spent refresh token was presented again; its session family was revoked.
@@ -38,7 +44,8 @@ pub enum AuditKind {
     /// A session was ended.
     #[serde(rename = "logout")]
     Logout,
-    /// Every session of an account was ended.
+    /// Every session of an account was ended (by its owner, or by an admin: then
+    /// `actor_id` names the admin).
     #[serde(rename = "logout.all")]
     LogoutAll,
     /// A password was changed.
@@ -61,6 +68,8 @@ impl AuditKind {
         match self {
             Self::Registered => "account.registered",
             Self::Created => "account.created",
+            Self::Deactivated => "account.deactivated",
+            Self::Reactivated => "account.reactivated",
             Self::LoginSucceeded => "login.succeeded",
             Self::LoginFailed => "login.failed",
             Self::RefreshReused => "refresh.reused",

@@ -12,7 +12,7 @@ use crate::metrics::{Collect, Metrics};
 
 use super::store::JobStore;
 
-/// `state` of a job: `queued`, `running` or `dead`.
+/// `state` of a job: `queued`, `running`, `dead` or `cancelled`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
@@ -34,6 +34,7 @@ impl Collect for QueueGauges {
                         ("queued", stats.depth),
                         ("running", stats.running),
                         ("dead", stats.dead),
+                        ("cancelled", stats.cancelled),
                     ] {
                         self.jobs.get_or_create(&StateLabel { state }).set(count);
                     }
@@ -58,7 +59,7 @@ pub fn register(metrics: &Metrics, store: JobStore) {
     };
     metrics.register(
         "keel_jobs",
-        "Jobs by state: queued (due, waiting for a worker), running, dead",
+        "Jobs by state: queued (due, waiting for a worker), running, dead, cancelled",
         gauges.jobs.clone(),
     );
     metrics.register(

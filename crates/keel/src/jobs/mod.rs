@@ -55,6 +55,8 @@ pub enum JobState {
     Succeeded,
     /// Out of attempts; `last_error` says why. `POST /jobs/{id}/retry` queues it again.
     Dead,
+    /// Cancelled by an admin while it was queued (`POST /jobs/{id}/cancel`); it never runs.
+    Cancelled,
 }
 
 impl JobState {
@@ -65,6 +67,7 @@ impl JobState {
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -75,6 +78,7 @@ impl JobState {
             "running" => Some(Self::Running),
             "succeeded" => Some(Self::Succeeded),
             "dead" => Some(Self::Dead),
+            "cancelled" => Some(Self::Cancelled),
             _ => None,
         }
     }
@@ -107,7 +111,7 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
-    /// When it succeeded or died.
+    /// When it succeeded, died or was cancelled.
     pub finished_at: Option<DateTime<Utc>>,
 }
 

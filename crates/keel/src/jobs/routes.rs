@@ -34,6 +34,7 @@ where
         .routes(routes!(list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(retry_job))
+        .routes(routes!(cancel_job))
 }
 
 /// Longest `kind` filter accepted.
@@ -79,7 +80,7 @@ async fn list_jobs(
     let page = PageRequest::from_query(&query, &mut errors);
     let job_state = query.state_filter(
         JobState::parse,
-        "queued, running, succeeded, dead",
+        "queued, running, succeeded, dead, cancelled",
         &mut errors,
     );
     let kind = query
@@ -168,4 +169,44 @@ async fn retry_job(
     jobs.wake();
     let job = store.get(id).await?.ok_or(NOT_FOUND)?;
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
+
+/// Cancel a job that is still queued, so that it never runs (admins only).
+///
+/// A job a worker already holds, or one that has finished, cannot be cancelled. The job
+/// stays listed, `cancelled`, and a `job.cancelled` event is published.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled", body = Job),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is not queued (it is running or finished)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn cancel_job(
+    State(jobs): State<Jobs>,
+    _admin: Admin,
+    UuidParam(id): UuidParam,
+) -> Result<Json<Job>, ApiError> {
+    let store = jobs.store();
+    match store.cancel_queued(id).await? {
+        None => return Err(NOT_FOUND),
+        Some(false) => {
+            return Err(ApiError::Conflict {
+                kind: "/problems/job-not-queued",
+                title: "Job not queued",
+                detail: "only a queued job can be cancelled; this one is running or finished"
+                    .to_owned(),
+            });
+        }
+        Some(true) => {}
+    }
+    store.get(id).await?.map(Json).ok_or(NOT_FOUND)
 }

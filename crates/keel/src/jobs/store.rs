@@ -98,6 +98,25 @@ pub struct QueueStats {
     pub running: i64,
     /// Jobs out of attempts.
     pub dead: i64,
+    /// Jobs an admin cancelled before they ran.
+    pub cancelled: i64,
+}
+
+/// How many jobs are held by workers, dead and cancelled.
+struct Settled {
+    running: i64,
+    dead: i64,
+    cancelled: i64,
+}
+
+impl FromRow for Settled {
+    fn from_row(row: &impl Row) -> Result<Self, DbError> {
+        Ok(Self {
+            running: row.get("running")?,
+            dead: row.get("dead")?,
+            cancelled: row.get("cancelled")?,
+        })
+    }
 }
 
 /// A job due for the relay: its id, the attempts it has had and its trace context.
@@ -452,8 +471,32 @@ impl JobStore {
         Ok(exists.map(|_| false))
     }
 
-    /// Deletes succeeded jobs that finished before `before` (dead ones stay until retried
-    /// or deleted by hand); returns how many.
+    /// Cancels job `id` if it is still queued, in one conditional write, so that a worker
+    /// claiming it at the same moment either gets it first (and the cancel fails) or finds
+    /// it cancelled (and claims nothing). `None` when there is no such job, `Some(false)`
+    /// when it is not queued (running or finished).
+    pub async fn cancel_queued(&self, id: Uuid) -> Result<Option<bool>, DbError> {
+        let now = now();
+        let changed = self
+            .db
+            .execute(
+                "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_until = NULL, \
+                 updated_at = $1, finished_at = $1 WHERE id = $2 AND state = 'queued'",
+                &[&now, &id],
+            )
+            .await?;
+        if changed > 0 {
+            return Ok(Some(true));
+        }
+        let exists: Option<(Uuid,)> = self
+            .db
+            .fetch_optional("SELECT id FROM jobs WHERE id = $1", &[&id])
+            .await?;
+        Ok(exists.map(|_| false))
+    }
+
+    /// Deletes succeeded jobs that finished before `before` (dead and cancelled ones stay
+    /// until retried or deleted by hand); returns how many.
     pub async fn purge_succeeded(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
         self.db
             .execute(
@@ -473,12 +516,17 @@ impl JobStore {
                 &[&now],
             )
             .await?;
-        let (running, dead): (i64, i64) = self
+        let Settled {
+            running,
+            dead,
+            cancelled,
+        } = self
             .db
             .fetch_one(
-                "SELECT COUNT(CASE WHEN state = 'running' THEN 1 END), \
-                 COUNT(CASE WHEN state = 'dead' THEN 1 END) FROM jobs \
-                 WHERE state IN ('running', 'dead')",
+                "SELECT COUNT(CASE WHEN state = 'running' THEN 1 END) AS running, \
+                 COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+                 COUNT(CASE WHEN state = 'cancelled' THEN 1 END) AS cancelled FROM jobs \
+                 WHERE state IN ('running', 'dead', 'cancelled')",
                 &[],
             )
             .await?;
@@ -487,6 +535,7 @@ impl JobStore {
             oldest_age: oldest.map(|at| now - at),
             running,
             dead,
+            cancelled,
         })
     }
 }

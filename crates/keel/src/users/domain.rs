@@ -121,6 +121,12 @@ fn role(value: Value) -> Result<Role, Invalid> {
     })
 }
 
+fn boolean(value: Value) -> Result<bool, Invalid> {
+    value
+        .as_bool()
+        .ok_or_else(|| Invalid::new("type", "must be true or false"))
+}
+
 fn password(value: Value) -> Result<Password, Invalid> {
     string(value).and_then(Password::parse)
 }
@@ -133,6 +139,7 @@ fn password(value: Value) -> Result<Password, Invalid> {
     "name": "Ada Lovelace",
     "role": "user",
     "email_verified_at": null,
+    "active": true,
     "created_at": "2026-11-22T09:30:00.123456Z",
     "updated_at": "2026-11-22T09:30:00.123456Z"
 }))]
@@ -149,6 +156,9 @@ pub struct User {
     /// When the address was verified (with the token e-mailed to it); `null` until then,
     /// and again after the address changes.
     pub email_verified_at: Option<DateTime<Utc>>,
+    /// Whether the account may log in. An admin deactivates an account (`"active": false`
+    /// in `PATCH /users/{id}`) to end its sessions and lock it out without deleting it.
+    pub active: bool,
     /// Creation time, RFC 3339 UTC.
     pub created_at: DateTime<Utc>,
     /// Time of the last change, RFC 3339 UTC.
@@ -170,6 +180,8 @@ pub struct NewUser {
     pub password: Option<Password>,
     /// The role (default `user`).
     pub role: Role,
+    /// Whether the account may log in (default `true`).
+    pub active: bool,
 }
 
 /// A validated `POST /auth/register` body.
@@ -192,12 +204,14 @@ pub struct UserChanges {
     pub name: Option<UserName>,
     /// New role (admins only).
     pub role: Option<Role>,
+    /// Deactivates (`false`) or reactivates (`true`) the account (admins only).
+    pub active: Option<bool>,
 }
 
 impl UserChanges {
     /// Whether the patch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.email.is_none() && self.name.is_none() && self.role.is_none()
+        self.email.is_none() && self.name.is_none() && self.role.is_none() && self.active.is_none()
     }
 }
 
@@ -212,9 +226,9 @@ pub struct OwnChanges {
     pub current_password: Option<Password>,
 }
 
-const NEW_USER_FIELDS: &[&str] = &["email", "name", "password", "role"];
+const NEW_USER_FIELDS: &[&str] = &["email", "name", "password", "role", "active"];
 const REGISTRATION_FIELDS: &[&str] = &["email", "name", "password"];
-const CHANGE_FIELDS: &[&str] = &["email", "name", "role"];
+const CHANGE_FIELDS: &[&str] = &["email", "name", "role", "active"];
 const OWN_CHANGE_FIELDS: &[&str] = &["email", "name", "password", "current_password"];
 
 fn email(value: Value) -> Result<Email, Invalid> {
@@ -232,6 +246,7 @@ impl FromJson for NewUser {
         let name = reader.required("name", name);
         let password = reader.optional("password", password);
         let role = reader.optional("role", role);
+        let active = reader.optional("active", boolean);
         reader.finish()?;
         match (email, name) {
             (Some(email), Some(name)) => Ok(Self {
@@ -239,6 +254,7 @@ impl FromJson for NewUser {
                 name,
                 password,
                 role: role.unwrap_or(Role::User),
+                active: active.unwrap_or(true),
             }),
             // finish() has reported why one is missing.
             _ => Err(Vec::new()),
@@ -270,8 +286,14 @@ impl FromJson for UserChanges {
         let email = reader.optional("email", email);
         let name = reader.optional("name", name);
         let role = reader.optional("role", role);
+        let active = reader.optional("active", boolean);
         reader.finish()?;
-        Ok(Self { email, name, role })
+        Ok(Self {
+            email,
+            name,
+            role,
+            active,
+        })
     }
 }
 
@@ -302,6 +324,7 @@ impl FromJson for OwnChanges {
                 email,
                 name,
                 role: None,
+                active: None,
             },
             password,
             current_password,
@@ -335,6 +358,9 @@ pub struct CreateUserRequest {
     /// `user` (the default) or `admin`.
     #[schema(nullable = false)]
     role: Option<Role>,
+    /// Whether the account may log in (default `true`).
+    #[schema(nullable = false)]
+    active: Option<bool>,
 }
 
 /// `PATCH /users/{id}` body, as documented: every field optional.
@@ -356,6 +382,11 @@ pub struct UpdateUserRequest {
     /// New role; admins only.
     #[schema(nullable = false)]
     role: Option<Role>,
+    /// `false` deactivates the account: its sessions end and it cannot log in, refresh or
+    /// reset its password until `true` reactivates it. Admins only, and not for their own
+    /// account.
+    #[schema(nullable = false)]
+    active: Option<bool>,
 }
 
 /// `PATCH /users/me` body, as documented: every field optional.

@@ -48,6 +48,7 @@ where
         .routes(routes!(create_user, list_users))
         .routes(routes!(get_me, update_me))
         .routes(routes!(get_user, update_user, delete_user))
+        .routes(routes!(logout_user))
 }
 
 impl From<StoreError> for ApiError {
@@ -243,7 +244,9 @@ async fn list_users(
 /// Update a user (partial): yourself, or anyone as an admin.
 ///
 /// Absent fields are left as they are. Only an admin may change a `role`; the account's
-/// sessions then end, so its next token carries the new role. With `If-Match`, the update
+/// sessions then end, so its next token carries the new role. Only an admin may set
+/// `active`, and not on their own account: `false` ends every session of the account and
+/// keeps it from logging in until `true` reactivates it. With `If-Match`, the update
 /// applies only to that revision.
 #[utoipa::path(
     patch,
@@ -259,9 +262,9 @@ async fn list_users(
         (status = 200, description = "The updated user", body = User,
             headers(("ETag" = String, description = "Entity tag of the stored revision"))),
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Only an admin may change a role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only an admin may change a role or `active`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user (or not yours)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this e-mail address", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another user has this e-mail address, or an admin tried to deactivate their own account", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The user changed since the given entity tag", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input: every failing field is listed", body = Problem, content_type = "application/problem+json"),
     )
@@ -278,10 +281,37 @@ async fn update_user(
     if changes.role.is_some() && !principal.is_admin() {
         return Err(ApiError::Forbidden("only an admin may change a role"));
     }
+    if changes.active.is_some() && !principal.is_admin() {
+        return Err(ApiError::Forbidden(
+            "only an admin may deactivate or reactivate an account",
+        ));
+    }
+    // An admin locked out of their own account could not undo it.
+    if changes.active == Some(false) && principal.user_id == id {
+        return Err(ApiError::Conflict {
+            kind: "/problems/cannot-deactivate-self",
+            title: "Cannot deactivate your own account",
+            detail: "an admin cannot deactivate their own account; another admin can".to_owned(),
+        });
+    }
     let (before, user) = apply(&state, id, &if_match, &changes).await?;
-    if before.role != user.role {
+    let deactivated = before.active && !user.active;
+    if before.role != user.role || deactivated {
         let families = state.auth.sessions.revoke_user(id, None).await?;
         state.auth.tokens.revoke(families);
+    }
+    if before.active != user.active {
+        let kind = if user.active {
+            AuditKind::Reactivated
+        } else {
+            AuditKind::Deactivated
+        };
+        state
+            .audit
+            .record(Audit::new(kind, Some(id), Some(ip)).by(principal.user_id))
+            .await;
+    }
+    if before.role != user.role {
         state
             .audit
             .record(
@@ -437,6 +467,46 @@ async fn update_me(
             .await;
     }
     Ok(user_response(StatusCode::OK, &user, HeaderMap::new()))
+}
+
+/// End every session of a user (admins only).
+///
+/// The account's refresh tokens stop working, and so do its access tokens; it can log in
+/// again (unless it is deactivated).
+#[utoipa::path(
+    post,
+    path = "/users/{id}/logout",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Every session of the user ended"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn logout_user(
+    State(state): State<UsersState>,
+    Admin(admin): Admin,
+    ClientIp(ip): ClientIp,
+    UuidParam(id): UuidParam,
+) -> Result<StatusCode, ApiError> {
+    if state.users.get(id).await?.is_none() {
+        return Err(NOT_FOUND);
+    }
+    let families = state.auth.sessions.revoke_user(id, None).await?;
+    state.auth.tokens.revoke(families);
+    state
+        .audit
+        .record(
+            Audit::new(AuditKind::LogoutAll, Some(id), Some(ip))
+                .by(admin.user_id)
+                .detail("by an admin"),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Delete a user (yourself, or anyone as an admin); its sessions end.

@@ -47,7 +47,8 @@ pub struct ListQuery {
     pub search: Option<String>,
 }
 
-const COLUMNS: &str = "id, email, name, role, email_verified_at, version, created_at, updated_at";
+const COLUMNS: &str =
+    "id, email, name, role, email_verified_at, active, version, created_at, updated_at";
 
 impl FromRow for User {
     fn from_row(row: &impl Row) -> Result<Self, DbError> {
@@ -59,6 +60,7 @@ impl FromRow for User {
             role: Role::parse(&role)
                 .ok_or_else(|| DbError::Corrupt(format!("unknown role {role:?}")))?,
             email_verified_at: row.get("email_verified_at")?,
+            active: row.get("active")?,
             version: row.get("version")?,
             created_at: row.get("created_at")?,
             updated_at: row.get("updated_at")?,
@@ -75,6 +77,7 @@ fn fresh(new: &NewUser) -> User {
         name: new.name.as_str().to_owned(),
         role: new.role,
         email_verified_at: None,
+        active: new.active,
         created_at: now,
         updated_at: now,
         version: 1,
@@ -290,6 +293,12 @@ impl UserStore {
         Ok(updated)
     }
 
+    /// How many users there are, active or not.
+    pub async fn count(&self) -> Result<i64, StoreError> {
+        let (count,): (i64,) = self.db.fetch_one("SELECT COUNT(*) FROM users", &[]).await?;
+        Ok(count)
+    }
+
     /// The user with `id`, if any.
     pub async fn get(&self, id: Uuid) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
@@ -341,6 +350,7 @@ impl UserStore {
                 .as_ref()
                 .map_or_else(|| current.name.clone(), |n| n.as_str().to_owned()),
             role: changes.role.unwrap_or(current.role),
+            active: changes.active.unwrap_or(current.active),
             updated_at: now(),
             version: current.version + 1,
             ..current.clone()
@@ -356,7 +366,7 @@ impl UserStore {
             .db
             .execute(
                 "UPDATE users SET email = $1, name = $2, role = $3, updated_at = $4, \
-                 version = $5, email_verified_at = $6 WHERE id = $7 AND version = $8",
+                 version = $5, email_verified_at = $6, active = $7 WHERE id = $8 AND version = $9",
                 &[
                     &updated.email,
                     &updated.name,
@@ -364,6 +374,7 @@ impl UserStore {
                     &updated.updated_at,
                     &updated.version,
                     &updated.email_verified_at,
+                    &updated.active,
                     &current.id,
                     &current.version,
                 ],
@@ -455,8 +466,8 @@ async fn insert_batch(db: &Db, users: Vec<Insert>) -> Vec<Result<(), StoreError>
 
 /// The columns of an INSERT of users, in the order of [`insert_params`].
 const INSERT: &str = "INSERT INTO users \
-    (id, email, name, role, password_hash, version, created_at, updated_at) VALUES ";
-const INSERT_COLUMNS: usize = 8;
+    (id, email, name, role, password_hash, active, version, created_at, updated_at) VALUES ";
+const INSERT_COLUMNS: usize = 9;
 
 /// The values of a row for [`INSERT`]; `role` is the row's role as stored.
 fn insert_params<'a>(
@@ -469,6 +480,7 @@ fn insert_params<'a>(
         &user.name,
         role,
         hash,
+        &user.active,
         &user.version,
         &user.created_at,
         &user.updated_at,
@@ -498,6 +510,7 @@ mod tests {
             name: "Test User".to_owned(),
             role: Role::User,
             email_verified_at: None,
+            active: true,
             version: 1,
             created_at: now,
             updated_at: now,

@@ -61,7 +61,8 @@ pub struct Webhook {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A newly registered endpoint, with the secret its deliveries are signed with.
+/// An endpoint with the secret its deliveries are signed with: answered when it is
+/// registered and when its secret is rotated, and never again.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CreatedWebhook {
     /// The endpoint.

@@ -46,6 +46,7 @@ where
         .routes(routes!(list_deliveries))
         .routes(routes!(get_delivery))
         .routes(routes!(replay_delivery))
+        .routes(routes!(rotate_secret))
 }
 
 const NOT_FOUND: ApiError = ApiError::NotFound("no webhook with this id");
@@ -426,6 +427,40 @@ async fn delete_webhook(
     } else {
         Err(NOT_FOUND)
     }
+}
+
+/// Give a webhook a new signing secret, returned in this answer only (admins only).
+///
+/// Every delivery attempt from now on, retries of earlier deliveries included, is signed
+/// with the new secret; the old one signs nothing more.
+#[utoipa::path(
+    post,
+    path = "/webhooks/{id}/rotate-secret",
+    tag = "webhooks",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Webhook id")),
+    responses(
+        (status = 200, description = "The webhook with its new secret", body = CreatedWebhook),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn rotate_secret(
+    State(state): State<WebhooksState>,
+    _admin: Admin,
+    UuidParam(id): UuidParam,
+) -> Result<Response, ApiError> {
+    let rotated = store(&state).rotate_secret(id).await?.ok_or(NOT_FOUND)?;
+    Ok((no_store(), Json(rotated)).into_response())
+}
+
+/// Answers that carry a secret must not be cached.
+fn no_store() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers
 }
 
 /// A page of deliveries.

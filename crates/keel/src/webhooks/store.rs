@@ -301,6 +301,49 @@ impl WebhookStore {
         Ok(deleted > 0)
     }
 
+    /// Gives endpoint `id` a new signing secret, answered with the endpoint; `None` when
+    /// there is none. Every attempt from now on is signed with it (an attempt reads the
+    /// secret when it starts), so the old one stops signing at once.
+    pub async fn rotate_secret(&self, id: Uuid) -> Result<Option<CreatedWebhook>, StoreError> {
+        let secret = signing::new_secret()?;
+        let webhook: Option<Webhook> = self
+            .db
+            .fetch_optional(
+                &format!(
+                    "UPDATE webhooks SET secret = $1, updated_at = $2 WHERE id = $3 \
+                     RETURNING {WEBHOOK_COLUMNS}"
+                ),
+                &[&secret, &now(), &id],
+            )
+            .await?;
+        Ok(webhook.map(|webhook| CreatedWebhook { webhook, secret }))
+    }
+
+    /// How many endpoints are registered, active or not.
+    pub async fn count(&self) -> Result<i64, DbError> {
+        let (count,): (i64,) = self
+            .db
+            .fetch_one("SELECT COUNT(*) FROM webhooks", &[])
+            .await?;
+        Ok(count)
+    }
+
+    /// How many active endpoints have a most recent delivery (original or replay, newest
+    /// by id) that [`DeliveryState::Failed`]: the endpoints an admin should look at. An
+    /// endpoint whose newest delivery is still pending or succeeded is not counted.
+    pub async fn failing(&self) -> Result<i64, DbError> {
+        let (count,): (i64,) = self
+            .db
+            .fetch_one(
+                "SELECT COUNT(*) FROM webhooks w WHERE w.active = $1 AND \
+                 (SELECT d.state FROM webhook_deliveries d WHERE d.webhook_id = w.id \
+                 ORDER BY d.id DESC LIMIT 1) = 'failed'",
+                &[&true],
+            )
+            .await?;
+        Ok(count)
+    }
+
     /// A page of endpoint `webhook_id`'s deliveries, newest first, and whether more follow.
     pub async fn deliveries(
         &self,
