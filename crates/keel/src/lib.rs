@@ -8,7 +8,7 @@
 //! - the HTTP toolkit: `error`, `http` (middleware, extractors, rate limits, static files);
 //! - features, each with its routes, domain types, storage and state: `compute`, `auth`,
 //!   `audit`, `jobs`, `events`, `idempotency`, `log_filter`, `users`, `health`, `webhooks`,
-//!   `accounts`, `docs`;
+//!   `accounts`, `docs`, `console`;
 //! - composition: `server` (the application) and `cli` (the command line), the only
 //!   modules that know every feature.
 
@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod compute;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod docs;
 pub mod error;

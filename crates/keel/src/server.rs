@@ -17,6 +17,7 @@ use crate::{
     auth::{Auth, keys::KeyRing},
     compute::{self, CpuPool},
     config::Config,
+    console::{self, ConsoleState},
     db::Db,
     docs,
     events::{self, EventHub, EventsState, tickets::Tickets},
@@ -25,11 +26,11 @@ use crate::{
     idempotency::{self, Idempotency},
     jobs::{self, Handlers, Jobs},
     log_filter,
-    metrics::{Metrics, MetricsListener, NestedRoute, QueryTimer},
+    metrics::{Metrics, MetricsListener, NestedRoute, QueryTimer, recent::RecentTraffic},
     redis_conn::Redis,
     shutdown::Shutdown,
     users::{self, UsersState, cache::UserCache, store::UserStore},
-    webhooks::{self, Dispatcher, WebhooksState},
+    webhooks::{self, Dispatcher, WebhookStore, WebhooksState},
 };
 
 /// How often expired idempotency keys are deleted.
@@ -73,6 +74,7 @@ struct Services {
     compute: Arc<CpuPool>,
     shutdown: Shutdown,
     metrics: Option<Arc<Metrics>>,
+    traffic: Arc<RecentTraffic>,
 }
 
 impl Services {
@@ -178,8 +180,10 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 /// The whole HTTP application: the features' routes with their state, the idempotency
-/// layer, the docs, `/static` (answered by `static_files`) and the middleware stack.
-fn app(services: &Services, static_files: StaticFiles) -> Router {
+/// layer, the docs, the admin console (a client of those routes), `/static` (answered by
+/// `static_files`) and the middleware stack; and the console's state, whose sampler runs
+/// beside the server.
+fn app(services: &Services, static_files: StaticFiles) -> (Router, ConsoleState) {
     let idempotency = Idempotency::new(
         services.db.clone(),
         Arc::clone(&services.auth),
@@ -192,22 +196,37 @@ fn app(services: &Services, static_files: StaticFiles) -> Router {
         ))
         .split_for_parts();
     docs::complete(&mut document);
+    let api = api.with_state(services.state());
+    let console = ConsoleState::new(
+        console::Api::new(api.clone()),
+        Arc::clone(&services.auth),
+        &services.config,
+        console::Sources {
+            users: services.users.clone(),
+            jobs: services.jobs.clone(),
+            webhooks: WebhookStore::new(services.db.clone()),
+            events: services.events.clone(),
+            traffic: Arc::clone(&services.traffic),
+        },
+    );
     let router = api
-        .with_state(services.state())
         .merge(docs::router(&document))
+        .merge(console::router(console.clone()))
         .nest_service(
             "/static",
             static_files.map_response(|response| NestedRoute("/static/{*path}").mark(response)),
         )
         .fallback(|| async { ::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { ::http::StatusCode::METHOD_NOT_ALLOWED });
-    http::apply(
+    let router = http::apply(
         router,
         &services.config,
         &services.rate_limits,
         &services.shutdown,
         services.metrics.as_ref(),
-    )
+        &services.traffic,
+    );
+    (router, console)
 }
 
 /// A bound, migrated, ready-to-run keel.
@@ -219,6 +238,7 @@ pub struct Server {
     /// Where `/metrics` is served, when it is.
     metrics_listener: Option<MetricsListener>,
     services: Services,
+    console: ConsoleState,
 }
 
 impl Server {
@@ -269,6 +289,7 @@ impl Server {
                 .shared_through(redis)
                 .with_metrics(metrics.clone()),
             metrics,
+            traffic: Arc::default(),
             db,
             compute,
             config: Arc::new(config),
@@ -279,13 +300,14 @@ impl Server {
             services.shutdown.clone(),
         )
         .await;
-        let router = app(&services, static_files);
+        let (router, console) = app(&services, static_files);
         Ok(Self {
             listener,
             router,
             handlers,
             metrics_listener,
             services,
+            console,
         })
     }
 
@@ -320,10 +342,12 @@ impl Server {
             services: state,
             handlers,
             metrics_listener,
+            console,
         } = self;
         // Served until the API has stopped, so that the drain can be watched.
         let metrics_server = metrics_listener.map(|listener| listener.serve());
         let purge = tokio::spawn(purge_expired(state.clone()));
+        let sample = tokio::spawn(console.sample(state.shutdown.clone()));
         let poll = Duration::from_millis(state.config.events_poll_ms);
         let hub = tokio::spawn(state.events.clone().run(poll, state.shutdown.clone()));
         let follow = tokio::spawn(
@@ -381,6 +405,7 @@ impl Server {
             metrics_server.stop().await;
         }
         purge.abort();
+        sample.abort();
         hub.abort();
         follow.abort();
         dispatch.abort();

@@ -40,6 +40,7 @@ const ORDER: &[(&str, &[&str])] = &[
             "webhooks",
             "accounts",
             "docs",
+            "console",
         ],
     ),
     ("composition", &["server", "cli"]),

@@ -63,6 +63,23 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
+    /// Every kind, in the order of their declaration.
+    pub const ALL: [AuditKind; 13] = [
+        Self::Registered,
+        Self::Created,
+        Self::LoginSucceeded,
+        Self::Deactivated,
+        Self::Reactivated,
+        Self::LoginFailed,
+        Self::RefreshReused,
+        Self::Logout,
+        Self::LogoutAll,
+        Self::PasswordChanged,
+        Self::RoleChanged,
+        Self::PasswordReset,
+        Self::EmailVerified,
+    ];
+
     /// The stored and logged name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,6 +132,15 @@ impl FromRow for AuditEvent {
             detail: row.get("detail")?,
         })
     }
+}
+
+/// Which events a page lists.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this kind of event (`login.failed`, ...).
+    pub event: Option<String>,
+    /// Only events about this account or done by it.
+    pub user_id: Option<Uuid>,
 }
 
 /// An event about to be recorded.
@@ -198,33 +224,27 @@ impl AuditLog {
         }
     }
 
-    /// A page of events, newest first, and whether more follow.
+    /// A page of the events `filter` selects, newest first, and whether more follow.
     pub async fn page(
         &self,
         limit: u32,
         after: Option<Cursor>,
+        filter: &AuditFilter,
     ) -> Result<(Vec<AuditEvent>, bool), DbError> {
         let fetch = i64::from(limit) + 1;
-        let mut rows: Vec<AuditEvent> = match after {
-            Some(Cursor(after)) => {
-                self.db
-                    .fetch_all(
-                        "SELECT id, at, event, user_id, actor_id, ip, detail FROM audit_events \
-                         WHERE id < $1 ORDER BY id DESC LIMIT $2",
-                        &[&after, &fetch],
-                    )
-                    .await?
-            }
-            None => {
-                self.db
-                    .fetch_all(
-                        "SELECT id, at, event, user_id, actor_id, ip, detail FROM audit_events \
-                         ORDER BY id DESC LIMIT $1",
-                        &[&fetch],
-                    )
-                    .await?
-            }
-        };
+        let after = after.map(|Cursor(id)| id);
+        // One statement for every combination: an absent filter is a NULL parameter (each
+        // compared with a column first, which is where PostgreSQL learns its type).
+        let mut rows: Vec<AuditEvent> = self
+            .db
+            .fetch_all(
+                "SELECT id, at, event, user_id, actor_id, ip, detail FROM audit_events \
+                 WHERE (id < $1 OR $1 IS NULL) AND (event = $2 OR $2 IS NULL) \
+                 AND (user_id = $3 OR actor_id = $3 OR $3 IS NULL) \
+                 ORDER BY id DESC LIMIT $4",
+                &[&after, &filter.event, &filter.user_id, &fetch],
+            )
+            .await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         Ok((rows, more))

@@ -1,8 +1,8 @@
 //! Domain events: every change keel makes, streamed to clients.
 //!
 //! Database triggers append each change (`user.created`, `user.updated`, `user.deleted`,
-//! `job.succeeded`, `job.dead`, `security.<audit event>`) to the `events` table in the
-//! transaction of the change, so an event exists exactly when its change was committed,
+//! `job.succeeded`, `job.dead`, `job.cancelled`, `security.<audit event>`) to the `events`
+//! table in the transaction of the change, so an event exists exactly when its change was committed,
 //! whichever code path made it. Each instance tails that log ([`hub`]) and fans new events
 //! out to its connections: `GET /events` (Server-Sent Events) and `GET /events/ws`
 //! (WebSocket), both of which resume from an event id.

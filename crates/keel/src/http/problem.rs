@@ -104,13 +104,13 @@ where
 }
 
 /// Turns an error response into a problem document quoting `request_id` and `instance`;
-/// leaves other responses and finished problem documents as they are.
+/// leaves other responses, finished problem documents and HTML pages as they are.
 fn render(mut response: Response, request_id: &str, instance: &str) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    if is_problem(&response) {
+    if is_finished(&response) {
         return response;
     }
     let mut problem = response
@@ -133,11 +133,16 @@ fn render(mut response: Response, request_id: &str, instance: &str) -> Response 
     Response::from_parts(parts, Body::from(bytes))
 }
 
-fn is_problem(response: &Response) -> bool {
+/// A problem document already, or an HTML page (the admin console's error pages and
+/// forms answered 4xx, which explain the problem to a person).
+fn is_finished(response: &Response) -> bool {
     response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(PROBLEM_JSON.as_bytes())
+                || v.as_bytes().starts_with(b"text/html")
+        })
 }
 
 /// The problem for a status that the framework or a layer produced on its own.

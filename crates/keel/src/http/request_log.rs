@@ -3,6 +3,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -15,7 +16,7 @@ use tower::{Layer, Service};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::telemetry::otel;
+use crate::{metrics::recent::RecentTraffic, telemetry::otel};
 
 use super::request_id;
 
@@ -24,7 +25,8 @@ use super::request_id;
 const TARGET: &str = "keel::telemetry::request";
 
 /// Logs one "request finished" line per request (method, route, request id, status,
-/// latency) and runs the request inside a `request` span carrying the same fields, so
+/// latency), counts it in the [`RecentTraffic`] the admin console draws, and runs the
+/// request inside a `request` span carrying the same fields, so
 /// every line logged while handling it names the request. The span is also the trace's
 /// HTTP server span, with the OpenTelemetry semantic conventions' attribute names, and
 /// continues the trace of an incoming W3C `traceparent`.
@@ -32,14 +34,17 @@ const TARGET: &str = "keel::telemetry::request";
 /// Hand-written rather than tower-http's `TraceLayer`, which also wraps the response body
 /// and enters the span again on each of its frames; here the span is entered only while
 /// the service call and its future are polled, and the body goes out untouched.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RequestLogLayer;
+#[derive(Debug, Clone, Default)]
+pub struct RequestLogLayer(pub Arc<RecentTraffic>);
 
 impl<S> Layer<S> for RequestLogLayer {
     type Service = RequestLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestLog { inner }
+        RequestLog {
+            inner,
+            traffic: Arc::clone(&self.0),
+        }
     }
 }
 
@@ -47,6 +52,7 @@ impl<S> Layer<S> for RequestLogLayer {
 #[derive(Debug, Clone)]
 pub struct RequestLog<S> {
     inner: S,
+    traffic: Arc<RecentTraffic>,
 }
 
 impl<S, B, RB> Service<Request<B>> for RequestLog<S>
@@ -65,7 +71,12 @@ where
         let start = Instant::now();
         let span = request_span(&request);
         let inner = span.in_scope(|| self.inner.call(request));
-        RequestLogFuture { inner, span, start }
+        RequestLogFuture {
+            inner,
+            span,
+            start,
+            traffic: Arc::clone(&self.traffic),
+        }
     }
 }
 
@@ -127,6 +138,7 @@ pin_project! {
         inner: F,
         span: Span,
         start: Instant,
+        traffic: Arc<RecentTraffic>,
     }
 }
 
@@ -149,10 +161,12 @@ where
                     this.span.set_status(Status::error(""));
                 }
             }
+            let elapsed = this.start.elapsed();
+            this.traffic.record(elapsed);
             tracing::info!(
                 target: TARGET,
                 status = status.as_u16(),
-                latency_ms = this.start.elapsed().as_secs_f64() * 1000.0,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
                 "request finished"
             );
         }

@@ -25,7 +25,7 @@ use tower_http::{
 use crate::{
     config::Config,
     error::ApiError,
-    metrics::{Metrics, MetricsLayer},
+    metrics::{Metrics, MetricsLayer, recent::RecentTraffic},
     shutdown::Shutdown,
 };
 
@@ -47,6 +47,7 @@ pub fn apply(
     limits: &RateLimits,
     shutdown: &Shutdown,
     metrics: Option<&Arc<Metrics>>,
+    traffic: &Arc<RecentTraffic>,
 ) -> Router {
     // One `Router::layer` call: each call boxes every route once more, and a boxed
     // route is cloned and its future boxed again on every request.
@@ -62,7 +63,7 @@ pub fn apply(
             request_id::MakeUuidV7,
         ))
         .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
-        .layer(RequestLogLayer)
+        .layer(RequestLogLayer(Arc::clone(traffic)))
         .layer(ProblemLayer)
         .layer(RateLimitLayer::new(limits.clone()))
         .map_response(security_headers::add)
@@ -222,6 +223,7 @@ mod tests {
                 &limits(),
                 &Shutdown::default(),
                 None,
+                &Arc::default(),
             ),
             "/boom",
         )
@@ -246,6 +248,7 @@ mod tests {
             &limits(),
             &shutdown,
             None,
+            &Arc::default(),
         );
         let connection = |router: Router| async move {
             let response = router
@@ -274,7 +277,14 @@ mod tests {
             ..Config::default()
         };
         let (status, headers, body) = call(
-            apply(router, &config, &limits(), &Shutdown::default(), None),
+            apply(
+                router,
+                &config,
+                &limits(),
+                &Shutdown::default(),
+                None,
+                &Arc::default(),
+            ),
             "/slow",
         )
         .await;

@@ -10,6 +10,7 @@
 //! values: route templates (never paths), status classes, job kinds that have a handler.
 
 mod http;
+pub mod recent;
 
 use std::{
     net::SocketAddr,

@@ -21,8 +21,9 @@ use crate::{
 use super::{ClientIp, RateLimits};
 
 /// Routes that take credentials, which the strict limit also applies to (POST only).
-const CREDENTIAL_ROUTES: [&str; 7] = [
+const CREDENTIAL_ROUTES: [&str; 8] = [
     "/auth/login",
+    "/admin/login",
     "/auth/register",
     "/auth/refresh",
     "/auth/verify-email",
