@@ -221,7 +221,10 @@ pub async fn page(
         .await
         .map_err(|e| ConsoleError::Internal(e.into()))?;
     let traffic = sources.traffic.last_quarter();
-    let minute_label = |back: usize| format!("{} min ago", traffic.len() - back);
+    let minute_label = |i: usize| match traffic.len() - 1 - i {
+        0 => "this minute".to_owned(),
+        back => format!("{back} min ago"),
+    };
     let rate: Vec<(f64, String)> = traffic
         .iter()
         .enumerate()
@@ -272,7 +275,7 @@ pub async fn page(
         running: stats.running,
         dead: stats.dead,
         oldest: stats.oldest_age.map_or_else(
-            || "none waiting".to_owned(),
+            || "–".to_owned(),
             |age| format!("{} s", age.num_seconds()),
         ),
         failing_webhooks,

@@ -81,14 +81,14 @@ impl RecentTraffic {
         slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The fifteen minutes before the current one, oldest first (the current minute is
-    /// still filling up).
+    /// The last fifteen minutes, oldest first; the last is the current minute, still
+    /// filling up.
     pub fn last_quarter(&self) -> Vec<Minute> {
-        self.quarter_before(minute_now())
+        self.quarter_until(minute_now())
     }
 
-    fn quarter_before(&self, now: u64) -> Vec<Minute> {
-        (1..SLOTS as u64)
+    fn quarter_until(&self, now: u64) -> Vec<Minute> {
+        (0..SLOTS as u64 - 1)
             .rev()
             .filter_map(|back| now.checked_sub(back))
             .map(|minute| {
@@ -149,8 +149,9 @@ mod tests {
         }
         traffic.record_at(1000, Duration::from_millis(40));
         traffic.record_at(1002, Duration::from_millis(3));
-        let quarter = traffic.quarter_before(1003);
+        let quarter = traffic.quarter_until(1002);
         assert_eq!(quarter.len(), 15);
+        assert_eq!(quarter.first().map(|m| m.minute), Some(988));
         assert_eq!(quarter.last().map(|m| m.minute), Some(1002));
         let at = |minute| quarter.iter().find(|m| m.minute == minute).copied();
         let busy = at(1000).unwrap();
@@ -167,7 +168,7 @@ mod tests {
         let traffic = RecentTraffic::default();
         traffic.record_at(100, Duration::from_millis(1));
         traffic.record_at(100 + SLOTS as u64, Duration::from_millis(1));
-        let quarter = traffic.quarter_before(101 + SLOTS as u64);
+        let quarter = traffic.quarter_until(100 + SLOTS as u64);
         let minute = quarter.last().unwrap();
         assert_eq!((minute.minute, minute.requests), (100 + SLOTS as u64, 1));
         // The old minute is out of the window and its count did not leak into the new one.
