@@ -294,7 +294,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bars_scale_to_the_highest_value_and_zeroes_stay_visible() {
+    fn bars_scale_to_a_round_top_and_zeroes_stay_visible() {
         let values = [
             (0.0, "a".to_owned()),
             (5.0, "b".to_owned()),
@@ -302,8 +302,9 @@ mod tests {
         ];
         let c = chart("x", "X", &values, " /min");
         assert_eq!(c.bars.len(), 3);
-        assert!((c.bars[2].height - (HEIGHT - 2.0)).abs() < 1e-9);
-        assert!((c.bars[1].height - (HEIGHT - 2.0) / 2.0).abs() < 1e-9);
+        // The scale tops out at 20, the next round number above 10.
+        assert!((c.bars[2].height - (HEIGHT - 2.0) / 2.0).abs() < 1e-9);
+        assert!((c.bars[1].height - (HEIGHT - 2.0) / 4.0).abs() < 1e-9);
         assert!((c.bars[0].height - 1.0).abs() < 1e-9);
         assert_eq!(c.summary, "now 10 /min, highest 10 /min");
         assert!(c.bars.iter().all(|b| b.x + b.width <= WIDTH));
