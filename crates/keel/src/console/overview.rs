@@ -274,10 +274,9 @@ pub async fn page(
         queued: stats.depth,
         running: stats.running,
         dead: stats.dead,
-        oldest: stats.oldest_age.map_or_else(
-            || "–".to_owned(),
-            |age| format!("{} s", age.num_seconds()),
-        ),
+        oldest: stats
+            .oldest_age
+            .map_or_else(|| "–".to_owned(), |age| format!("{} s", age.num_seconds())),
         failing_webhooks,
         connections: sources.events.subscribers(),
         charts: vec![
