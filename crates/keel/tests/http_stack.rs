@@ -301,13 +301,14 @@ async fn openapi_document_describes_every_operation() {
             }
         }
     }
-    // POST and GET /users; GET, PATCH and DELETE /users/{id}; GET and PATCH /users/me;
-    // register, login, refresh, logout, logout-all and the JWKS; verify-email, its resend,
-    // forgot- and reset-password; the audit trail; GET /jobs, GET /jobs/{id} and retry;
-    // the event streams (SSE, WebSocket) and their tickets; POST and GET /webhooks, GET,
-    // PATCH and DELETE /webhooks/{id}, the delivery log, one delivery and its replay;
-    // GET and PUT /admin/log-filter; matmul; the two probes.
-    assert_eq!(operations, 37);
+    // POST and GET /users; GET, PATCH and DELETE /users/{id}; a user's forced logout;
+    // GET and PATCH /users/me; register, login, refresh, logout, logout-all and the JWKS;
+    // verify-email, its resend, forgot- and reset-password; the audit trail; GET /jobs,
+    // GET /jobs/{id}, retry and cancel; the event streams (SSE, WebSocket) and their
+    // tickets; POST and GET /webhooks, GET, PATCH and DELETE /webhooks/{id}, its secret's
+    // rotation, the delivery log, one delivery and its replay; GET and PUT
+    // /admin/log-filter; matmul; the two probes.
+    assert_eq!(operations, 40);
     let scheme = &document["components"]["securitySchemes"]["bearer"];
     assert_eq!(scheme["type"], "http", "{scheme}");
     assert_eq!(scheme["scheme"], "bearer", "{scheme}");
