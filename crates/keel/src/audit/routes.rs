@@ -69,7 +69,7 @@ async fn list_events(
     let mut errors = Vec::new();
     let page = PageRequest::from_query(&query, &mut errors);
     let event = query.text_filter("event", 64, &mut errors);
-    let user_id = match query.get("user_id").filter(|v| !v.is_empty()) {
+    let user_id = match query.get("user_id") {
         None => None,
         Some(raw) => match uuid::Uuid::try_parse(raw) {
             Ok(id) => Some(id),
