@@ -78,11 +78,9 @@ impl Session {
     }
 }
 
-/// 256 random bits, base64url.
+/// 256 random bits, base64url: made as refresh tokens are.
 pub fn random_token() -> Result<String, ConsoleError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| ConsoleError::Internal(e.into()))?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+    crate::auth::sessions::new_token().map_err(|e| ConsoleError::Internal(e.into()))
 }
 
 /// Compares two secrets in time that does not depend on where they differ.
