@@ -342,6 +342,20 @@ async fn failures_are_retried_then_replayed(backend: Backend) {
         .await
         .expect("JSON");
     assert_eq!(original["state"], "failed");
+    // A second replay of the same delivery, then the endpoint goes with its whole log.
+    let again = app
+        .client
+        .post(app.url(&format!("/webhooks/{id}/deliveries/{failed_id}/replay")))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(again.status(), 202);
+    let deleted = app
+        .delete(&format!("/webhooks/{id}"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(deleted.status(), 204);
 }
 
 async fn disabled_and_deleted_endpoints_get_nothing(backend: Backend) {

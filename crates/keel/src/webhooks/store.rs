@@ -294,10 +294,20 @@ impl WebhookStore {
 
     /// Deletes endpoint `id` and its delivery log; `false` when there was none.
     pub async fn delete(&self, id: Uuid) -> Result<bool, DbError> {
-        let deleted = self
-            .db
+        let mut tx = self.db.begin().await?;
+        // Replays first point at themselves: otherwise deleting an original clears their
+        // `replay_of` while they still exist, and two replays of one event then break the
+        // one-original-per-event index before the cascade reaches them.
+        tx.execute(
+            "UPDATE webhook_deliveries SET replay_of = id \
+             WHERE webhook_id = $1 AND replay_of IS NOT NULL",
+            &[&id],
+        )
+        .await?;
+        let deleted = tx
             .execute("DELETE FROM webhooks WHERE id = $1", &[&id])
             .await?;
+        tx.commit().await?;
         Ok(deleted > 0)
     }
 
